@@ -1,0 +1,76 @@
+"""Shared fixtures: simulated panels (msprime), small VCF writers, the real 1000 Genomes files."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vcfstore as vs
+from vcfstore.simulate import simulate_panel
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "1kg_chr20_eur"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not (REAL / "reference.vcf.gz").is_file():
+        pytest.skip(f"real 1000 Genomes files not found in {REAL}")
+    return REAL
+
+
+@pytest.fixture(scope="session")
+def sim_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """A small msprime panel: alleles [200 haplotypes, ~2,500 sites] and 1-based positions."""
+    ts = simulate_panel(100, 1_000_000, seed=7)
+    alleles = ts.genotype_matrix().T.astype(np.uint8)
+    positions = ts.tables.sites.position.astype(np.int64) + 1
+    return alleles, positions
+
+
+@pytest.fixture(scope="session")
+def sim_store(sim_arrays, tmp_path_factory) -> vs.PanelStore:
+    alleles, positions = sim_arrays
+    return vs.build_from_arrays(alleles, positions, tmp_path_factory.mktemp("sim") / "store", window_size=300)
+
+
+def write_vcf(
+    path: Path,
+    records: Sequence[tuple],
+    samples: Sequence[str] = ("S1", "S2"),
+    *,
+    header_extra: str = "",
+) -> Path:
+    """Write a small VCF (gzip if the name ends in .gz).
+
+    Each record is (chrom, pos, id, ref, alt, [GT per sample]) or with a 7th INFO string.
+    """
+    lines = ["##fileformat=VCFv4.2", '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+             '##INFO=<ID=AF,Number=A,Type=Float,Description="Allele Frequency">']  # fmt: skip
+    lines += [f"##contig=<ID={c}>" for c in dict.fromkeys(str(r[0]) for r in records)]
+    if header_extra:
+        lines.append(header_extra)
+    lines.append("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples]))
+    for r in records:
+        chrom, pos, vid, ref, alt, gts = r[:6]
+        info = r[6] if len(r) > 6 else "."
+        lines.append("\t".join([str(chrom), str(pos), vid, ref, alt, ".", "PASS", info, "GT", *gts]))
+    text = "\n".join(lines) + "\n"
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def vcf_from_arrays(path: Path, alleles: np.ndarray, positions: np.ndarray, contig: str = "1") -> Path:
+    """A phased VCF of a simulated panel (alleles [n_haplotypes, n_sites])."""
+    n_hap = alleles.shape[0]
+    gts = [[f"{a[2 * s]}|{a[2 * s + 1]}" for s in range(n_hap // 2)] for a in alleles.T]
+    records = [(contig, int(p), f"v{i}", "A", "G", g) for i, (p, g) in enumerate(zip(positions, gts))]
+    return write_vcf(path, records, [f"s{i}" for i in range(n_hap // 2)])

@@ -1,0 +1,37 @@
+"""vcfstore: retrieval over a full reference panel inside a fixed RAM ceiling.
+
+The panel lives in a chunked Zarr store (:func:`open_store`, :func:`build_store`); masks come
+from a deterministic :class:`MaskSchedule`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .build import build_from_arrays, build_store  # noqa: E402
+from .errors import InputError, StoreError, VcfstoreError  # noqa: E402
+from .masks import EpochMasks, MaskSchedule, masks_version  # noqa: E402
+from .sources import ArraySource, InputPolicy, VcfSource, VcfZarrSource  # noqa: E402
+from .store import PanelStore, open_store  # noqa: E402
+from .vocab import Vocabulary  # noqa: E402
+from .windows import read_windows_csv  # noqa: E402
+
+__all__ = [
+    "ArraySource",
+    "EpochMasks",
+    "InputError",
+    "InputPolicy",
+    "MaskSchedule",
+    "PanelStore",
+    "StoreError",
+    "VcfSource",
+    "VcfZarrSource",
+    "VcfstoreError",
+    "Vocabulary",
+    "__version__",
+    "build_from_arrays",
+    "build_store",
+    "masks_version",
+    "open_store",
+    "read_windows_csv",
+]

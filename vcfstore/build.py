@@ -1,0 +1,362 @@
+"""Streaming, resumable construction of a panel store.
+
+The builder pulls blocks of sites from a source, packs every ``chunk_sites`` sites into one
+Zarr chunk column and appends it, so peak memory is bounded by the chunk and block sizes, not
+by the panel: about ``n_haplotypes * (chunk_sites + 2 * block_sites) * 8`` bytes in flight
+(genotype blocks as int16 with the phase column, the pending uint8 sites, the packed chunk).
+
+Resuming: after every chunk the number of committed sites is written to the group's attributes
+(zarr writes attribute files atomically). A build that is killed and run again with the same
+input and parameters truncates the arrays to the committed sites, skips that many sites of the
+input and continues; the result equals an uninterrupted build. A store is marked complete only
+at the very end, so a half-written store is never opened as a valid one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, StoreError
+from .sources import ArraySource, SiteBlock, SiteSource
+from .store import ATTR_KEY, FORMAT_VERSION, PanelStore, read_store_attrs
+from .vocab import Vocabulary
+from .windows import check_window_size, check_windows, fixed_windows
+
+PROGRESS_KEY = "vcfstore_build"
+DEFAULT_CHUNK_SITES = 2048
+DEFAULT_ZSTD_LEVEL = 15
+
+
+def build_store(
+    source: SiteSource,
+    out: str | os.PathLike[str],
+    *,
+    window_size: int | None = None,
+    overlap: int = 0,
+    windows: np.ndarray | None = None,
+    max_seq_len: int = 1030,
+    af_from: Literal["panel", "info"] | np.ndarray = "panel",
+    vocab: Vocabulary | None = None,
+    chunk_sites: int = DEFAULT_CHUNK_SITES,
+    haplotype_chunk: int = 8192,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    block_sites: int = 1024,
+    force: bool = False,
+    progress: bool = True,
+) -> PanelStore:
+    """Build (or resume building) a panel store from a site source.
+
+    Parameters
+    ----------
+    source : VcfSource, VcfZarrSource or ArraySource
+        Where the sites come from.
+    out : path
+        The store directory. An unfinished build there with the same input and parameters is
+        resumed; a finished store or a foreign directory is left alone unless ``force``
+        (which only ever removes a vcfstore store).
+    window_size, overlap : int
+        Fixed windows of ``window_size`` sites (default ``max_seq_len - 2``) overlapping by
+        ``overlap`` sites, restarted at every contig.
+    windows : array [n_windows, 2], optional
+        Explicit half-open site ranges instead (e.g. from :func:`read_windows_csv`).
+    max_seq_len : int
+        Token length of a window: ``[SOS] sites [EOS] pad``; windows hold at most this minus 2.
+    af_from : "panel", "info" or array [n_sites]
+        Allele frequency computed from the panel, read from the input's INFO/AF, or supplied.
+    chunk_sites : int
+        Sites per chunk (a multiple of 8, so chunks are byte-aligned after bit packing).
+    force : bool
+        Replace an existing store at ``out``.
+
+    Returns
+    -------
+    PanelStore
+        The finished store, opened read-only.
+    """
+    vocab = vocab or Vocabulary()
+    if chunk_sites < 8 or chunk_sites % 8:
+        raise InputError(f"chunk_sites must be a positive multiple of 8, not {chunk_sites}")
+    max_sites = max_seq_len - 2
+    if windows is None:
+        window_size = max_sites if window_size is None else window_size
+        check_window_size(window_size, overlap)
+        if window_size > max_sites:
+            raise InputError(
+                f"window size {window_size} does not fit max_seq_len={max_seq_len} "
+                f"(at most {max_sites} sites plus SOS and EOS)"
+            )
+    else:
+        windows = check_windows(windows, max_sites)
+    supplied_af = None
+    if isinstance(af_from, np.ndarray) or not isinstance(af_from, str):
+        supplied_af = np.asarray(af_from, dtype=np.float32)
+        af_from = "supplied"
+    elif af_from not in ("panel", "info"):
+        raise InputError(f"af_from must be 'panel', 'info' or an array of frequencies, not {af_from!r}")
+
+    described = source.describe()
+    params = {
+        "max_seq_len": max_seq_len,
+        "window_size": window_size,
+        "overlap": overlap,
+        "windows_sha256": None if windows is None else hashlib.sha256(windows.tobytes()).hexdigest(),
+        "af_from": af_from,
+        "af_sha256": None if supplied_af is None else hashlib.sha256(supplied_af.tobytes()).hexdigest(),
+        "policy": source.policy.to_dict(),
+        "chunk_sites": chunk_sites,
+        "haplotype_chunk": haplotype_chunk,
+        "zstd_level": zstd_level,
+        "vocab": vocab.to_dict(),
+    }
+    out = Path(out)
+    writer = _Writer.open(out, source, described, params, force)
+    try:
+        report = writer.run(source, block_sites, progress)
+        if supplied_af is not None and len(supplied_af) != writer.sites:
+            raise InputError(
+                f"the supplied allele frequencies have {len(supplied_af)} entries; the panel kept {writer.sites} sites"
+            )
+        if windows is None:
+            assert window_size is not None
+            windows = fixed_windows(writer.runs, window_size, overlap)
+        else:
+            windows = check_windows(windows, max_sites, writer.runs)
+    except InputError:
+        # The same input would fail at the same place again, so the unfinished store could
+        # never be resumed: remove it (it is ours and was never marked complete).
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    writer.finish(windows, supplied_af, report)
+    return PanelStore(out)
+
+
+class _Writer:
+    """Appends chunk columns to the Zarr group and records progress after each one."""
+
+    def __init__(self, out: Path, root: Any, meta: dict[str, Any], state: dict[str, Any]) -> None:
+        self.out, self.root, self.meta = out, root, meta
+        self.sites: int = state["sites"]
+        self.runs: list[tuple[str, int, int]] = [tuple(r) for r in state["runs"]]  # type: ignore[misc]
+        self.counts: Counter[str] = Counter(state["counts"])
+        self.chunk_sites: int = meta["params"]["chunk_sites"]
+
+    @classmethod
+    def open(cls, out: Path, source: SiteSource, described: dict, params: dict, force: bool) -> _Writer:
+        import zarr
+
+        identity = hashlib.sha256(
+            json.dumps([FORMAT_VERSION, described["sha256"], params], sort_keys=True).encode()
+        ).hexdigest()[:32]
+        existing = _existing(out)
+        if existing is not None:
+            meta, state = existing
+            resumable = state is not None and not meta.get("complete") and meta.get("identity") == identity
+            if resumable and not force:
+                root = zarr.open_group(str(out), mode="r+")
+                writer = cls(out, root, meta, state)
+                writer._truncate()
+                return writer
+            if not force:
+                what = "a finished store" if meta.get("complete") else "an unfinished build with another input or parameters"
+                raise StoreError(f"{out} holds {what}; pass force=True (--force) to replace it")
+            shutil.rmtree(out)
+        elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise StoreError(f"{out} exists and is not a vcfstore store; refusing to write into it")
+        return cls._create(out, source, described, params, identity)
+
+    @classmethod
+    def _create(cls, out: Path, source: SiteSource, described: dict, params: dict, identity: str) -> _Writer:
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        n_hap = 2 * len(source.samples)
+        root = zarr.open_group(str(out), mode="w")
+        zstd = [ZstdCodec(level=params["zstd_level"])]
+        light = [ZstdCodec(level=3)]  # per-site columns are small; a high level only slows appends
+        # Site columns are chunked like the allele chunks, so each commit writes whole new chunks
+        # instead of re-encoding a partly filled one.
+        site_chunk = (params["chunk_sites"],)
+        root.create_array(
+            "alleles", shape=(n_hap, 0), dtype="uint8", compressors=zstd,
+            chunks=(min(n_hap, params["haplotype_chunk"]), params["chunk_sites"] // 8), fill_value=0,
+        )  # fmt: skip
+        sites = root.require_group("sites")
+        for name, dtype in (("position", "int64"), ("contig", "int16"), ("af", "float32")):
+            sites.create_array(name, shape=(0,), dtype=dtype, chunks=site_chunk, compressors=light)
+        for name in ("id", "ref", "alt"):
+            sites.create_array(name, shape=(0,), dtype=str, chunks=site_chunk, compressors=light)
+        samples = root.create_array("samples", shape=(len(source.samples),), dtype=str, compressors=light)
+        samples[:] = np.asarray(source.samples, dtype=str)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+            "identity": identity,
+            "created_with": f"vcfstore {__version__}",
+            "n_haplotypes": n_hap,
+            "max_seq_len": params["max_seq_len"],
+            "vocab": params["vocab"],
+            "params": params,
+            "input": described,
+        }
+        state = {"sites": 0, "runs": [], "counts": {}}
+        root.attrs.update({ATTR_KEY: meta, PROGRESS_KEY: state})
+        return cls(out, root, meta, state)
+
+    def _truncate(self) -> None:
+        """Cut every array back to the committed sites (a killed build may have written more)."""
+        alleles = self.root["alleles"]
+        alleles.resize((alleles.shape[0], (self.sites + 7) // 8))
+        for name in ("position", "contig", "af", "id", "ref", "alt"):
+            self.root[f"sites/{name}"].resize((self.sites,))
+
+    def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:
+        """Stream the source into the store, skipping sites already committed."""
+        from tqdm.auto import tqdm
+
+        skip = self.sites
+        pending: list[SiteBlock] = []
+        n_pending = 0
+        bar = tqdm(
+            total=source.expected_records(), unit=" records", disable=not progress,
+            desc=f"building {self.out.name}", smoothing=0.1, dynamic_ncols=True,
+        )  # fmt: skip
+        seen = 0
+        for block in source.blocks(block_sites):
+            bar.update(source.filter.counts["records"] - seen)
+            seen = source.filter.counts["records"]
+            if skip:
+                take = min(skip, len(block))
+                block, skip = block.slice(take), skip - take
+            if len(block) == 0:
+                continue
+            pending.append(block)
+            n_pending += len(block)
+            while n_pending >= self.chunk_sites:
+                merged = _concat(pending)
+                self._commit(merged.slice(0, self.chunk_sites), source)
+                rest = merged.slice(self.chunk_sites)
+                pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
+        bar.close()
+        if pending:
+            self._commit(_concat(pending), source)
+        if self.sites == 0:
+            raise InputError(f"{self.meta['input']['name']}: no site passed the input policy; nothing to store")
+        return source.filter.counts
+
+    def _commit(self, block: SiteBlock, source: SiteSource) -> None:
+        """Append one chunk column of sites, then record the progress."""
+        n, start = len(block), self.sites
+        if start % 8:
+            raise StoreError("internal error: a chunk was appended after a partial chunk")
+        self._extend_runs(block.contigs, start)
+        run_of = {name: i for i, (name, _, _) in enumerate(self.runs)}
+        contig_idx = np.asarray([run_of[c] for c in block.contigs], dtype=np.int16)
+        packed = np.packbits(block.alleles.T, axis=1)
+        alleles = self.root["alleles"]
+        alleles.resize((alleles.shape[0], (start + n + 7) // 8))
+        alleles[:, start // 8 :] = packed
+        af = block.alleles.mean(axis=1, dtype=np.float64).astype(np.float32)
+        if self.meta["params"]["af_from"] == "info":
+            if block.info_af is None or np.isnan(block.info_af).any():
+                i = 0 if block.info_af is None else int(np.flatnonzero(np.isnan(block.info_af))[0])
+                raise InputError(
+                    f"site {block.contigs[i]}:{block.positions[i]} has no INFO/AF value; use --af-from panel"
+                )
+            af = block.info_af.astype(np.float32)
+        columns = {
+            "position": block.positions, "contig": contig_idx, "af": af,
+            "id": np.asarray(block.ids, dtype=str), "ref": np.asarray(block.refs, dtype=str),
+            "alt": np.asarray(block.alts, dtype=str),
+        }  # fmt: skip
+        for name, values in columns.items():
+            arr = self.root[f"sites/{name}"]
+            arr.resize((start + n,))
+            arr[start:] = values
+        self.sites = start + n
+        counts = dict(source.filter.counts)
+        self.root.attrs[PROGRESS_KEY] = {"sites": self.sites, "runs": self.runs, "counts": counts}
+
+    def _extend_runs(self, contigs: list[str], start: int) -> None:
+        for i, c in enumerate(contigs):
+            if self.runs and self.runs[-1][0] == c:
+                continue
+            if self.runs:
+                self.runs[-1] = (self.runs[-1][0], self.runs[-1][1], start + i)
+            self.runs.append((c, start + i, start + i))
+        name, first, _ = self.runs[-1]
+        self.runs[-1] = (name, first, start + len(contigs))
+
+    def finish(self, windows: np.ndarray, supplied_af: np.ndarray | None, counts: Counter[str]) -> None:
+        """Write the windows and mark the store complete (the last write of a build)."""
+        from zarr.codecs import ZstdCodec
+
+        if supplied_af is not None:
+            self.root["sites/af"][:] = supplied_af
+        if "windows" in self.root:
+            del self.root["windows"]
+        arr = self.root.create_array(
+            "windows", shape=windows.shape, dtype="int64", chunks=windows.shape, compressors=[ZstdCodec(level=3)]
+        )
+        arr[:] = windows
+        meta = dict(self.meta)
+        meta.update(
+            complete=True,
+            n_sites=self.sites,
+            n_windows=len(windows),
+            contig_runs=self.runs,
+            counts=dict(counts),
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        self.root.attrs[ATTR_KEY] = meta
+        del self.root.attrs[PROGRESS_KEY]
+
+
+def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """(store attributes, build progress or None) of a vcfstore group at ``out``, else None."""
+    meta = read_store_attrs(out)
+    if meta is None:
+        return None
+    import zarr
+
+    state = zarr.open_group(str(out), mode="r").attrs.get(PROGRESS_KEY)
+    return meta, (dict(state) if isinstance(state, dict) else None)
+
+
+def _concat(blocks: list[SiteBlock]) -> SiteBlock:
+    if len(blocks) == 1:
+        return blocks[0]
+    info = None if any(b.info_af is None for b in blocks) else np.concatenate([b.info_af for b in blocks])
+    return SiteBlock(
+        [c for b in blocks for c in b.contigs],
+        np.concatenate([b.positions for b in blocks]),
+        [x for b in blocks for x in b.ids],
+        [x for b in blocks for x in b.refs],
+        [x for b in blocks for x in b.alts],
+        np.concatenate([b.alleles for b in blocks]),
+        info,
+    )
+
+
+def build_from_arrays(alleles: np.ndarray, positions: np.ndarray, out: str | os.PathLike[str], **kwargs: Any) -> PanelStore:
+    """Build a store from in-memory arrays (see :class:`ArraySource` and :func:`build_store`).
+
+    Keyword arguments ``contigs``, ``samples``, ``ids``, ``refs`` and ``alts`` go to the source,
+    the rest to :func:`build_store`; ``af`` is a shorthand for ``af_from=array``.
+    """
+    source_keys = ("contigs", "samples", "ids", "refs", "alts")
+    source = ArraySource(alleles, positions, **{k: kwargs.pop(k) for k in source_keys if k in kwargs})
+    if "af" in kwargs:
+        kwargs["af_from"] = kwargs.pop("af")
+    kwargs.setdefault("progress", False)
+    return build_store(source, out, **kwargs)
+

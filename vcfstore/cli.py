@@ -1,0 +1,109 @@
+"""The ``vcfstore`` command line: build, info, demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .display import print_store_info
+from .errors import VcfstoreError
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn vcfstore's own errors into a one-line message and exit status 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VcfstoreError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vcfstore")
+def main() -> None:
+    """vcfstore: reference panels in chunked Zarr stores for retrieval-augmented imputation."""
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--window-size", type=int, default=None, help="Sites per window [default: max-seq-len - 2].")
+@click.option("--overlap", type=int, default=0, show_default=True, help="Sites shared by consecutive windows.")
+@click.option("--windows", "windows_csv", type=click.Path(exists=True, path_type=Path),
+              help="CSV of [start, end) site indices (columns start,end) instead of fixed windows.")
+@click.option("--af-from", type=click.Choice(["panel", "info"]), default="panel", show_default=True,
+              help="Compute AF from the panel or read INFO/AF.")
+@click.option("--region", help="Only chr:start-end (needs a .tbi/.csi index).")
+@click.option("--max-seq-len", type=int, default=1030, show_default=True, help="Tokens per window: [SOS] sites [EOS] pad.")
+@click.option("--multiallelic", type=click.Choice(["skip", "split"]), default="skip", show_default=True)
+@click.option("--non-snv", type=click.Choice(["skip", "keep"]), default="skip", show_default=True,
+              help="Indels and symbolic alleles.")
+@click.option("--unphased", type=click.Choice(["error", "skip-site", "keep"]), default="error", show_default=True,
+              help="Unphased heterozygous calls.")
+@click.option("--missing", type=click.Choice(["error", "skip-site", "ref"]), default="error", show_default=True,
+              help="Missing alleles.")
+@click.option("--duplicates", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Records repeating a kept site's position.")
+@click.option("--force", is_flag=True, help="Replace an existing store in OUT_DIR.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def build(input_path: Path, out_dir: Path, window_size: int | None, overlap: int, windows_csv: Path | None,
+          af_from: str, region: str | None, max_seq_len: int, force: bool, quiet: bool, **policy: str) -> None:  # fmt: skip
+    """Build a panel store in OUT_DIR from a VCF/BCF file or a VCF Zarr directory.
+
+    Streams the input; a killed build resumes when run again with the same arguments.
+    """
+    from .build import build_store
+    from .sources import InputPolicy, open_source
+    from .windows import read_windows_csv
+
+    source = open_source(input_path, region=region, policy=InputPolicy(**policy))
+    windows = read_windows_csv(windows_csv) if windows_csv else None
+    store = build_store(
+        source, out_dir, window_size=window_size, overlap=overlap, windows=windows, max_seq_len=max_seq_len,
+        af_from=af_from, force=force, progress=not quiet,  # type: ignore[arg-type]
+    )  # fmt: skip
+    print_store_info(store.info())
+
+
+@main.command()
+@click.argument("store_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_user_errors
+def info(store_dir: Path, as_json: bool) -> None:
+    """Counts, windows, bytes on disk and compression of a panel store."""
+    from .store import open_store
+
+    summary = open_store(store_dir).info()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        print_store_info(summary)
+
+
+@main.command()
+@click.option("--vcf", "vcf_path", type=click.Path(exists=True, path_type=Path), help="Use this VCF/BCF instead of a simulated panel.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Keep the store here [default: a temporary directory].")
+@click.option("--samples", type=int, default=1004, show_default=True, help="Simulated diploid samples.")
+@click.option("--length", type=float, default=10e6, show_default=True, help="Simulated sequence length (bp).")
+@click.option("--seed", type=int, default=42, show_default=True)
+@_user_errors
+def demo(vcf_path: Path | None, out_dir: Path | None, samples: int, length: float, seed: int) -> None:
+    """Simulate a realistic panel (msprime), build a store and show what was built."""
+    from .demo import run_demo
+
+    run_demo(vcf_path=vcf_path, out_dir=out_dir, n_samples=samples, sequence_length=length, seed=seed, echo=click.echo)
+    click.echo("demo finished")
+
+
+if __name__ == "__main__":
+    main()

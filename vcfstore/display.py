@@ -1,0 +1,30 @@
+"""Tables for people: store summaries and benchmark figures, printed with rich."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_store_info(s: dict[str, Any]) -> None:
+    """Print the summary that :meth:`PanelStore.info` returns as a table."""
+    table = Table(title=f"panel store {s['path']}", show_header=False)
+    w = s["window_sites"]
+    rows = [
+        ("samples / haplotypes", f"{s['n_samples']:,} / {s['n_haplotypes']:,}"),
+        ("sites", f"{s['n_sites']:,} on {', '.join(s['contigs'])}"),
+        ("windows", f"{s['n_windows']:,} (sites per window {w['min']}..{w['max']}, mean {w['mean']:.0f})"),
+        ("max_seq_len", str(s["max_seq_len"])),
+        ("AF from", s["af_source"]),
+        ("input", f"{s['input']['name']} ({s['input']['size']:,} bytes)"),
+        ("ingest", ", ".join(f"{k} {v:,}" for k, v in sorted(s["ingest"].items()) if v)),
+        ("bytes on disk", f"{s['bytes_total']:,} (alleles {s['bytes_on_disk'].get('alleles', 0):,})"),
+        ("bits per genotype", f"{s['bits_per_genotype']:.4f}"),
+        ("vs int64 tokens", f"{s['ratio_vs_int64_tokens']:,.0f}x smaller"),
+        ("format version", str(s["format_version"])),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)

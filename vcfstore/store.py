@@ -1,0 +1,266 @@
+"""The panel store: one reference panel in a Zarr v3 group, read lazily and fork-safely.
+
+Layout (format version 1)::
+
+    alleles        uint8 [n_haplotypes, ceil(n_sites / 8)]  phased 0/1 bit-packed along sites
+                                                            (np.packbits, big bit order);
+                                                            chunks of all haplotypes x
+                                                            chunk_sites sites, Zstd
+    sites/position int64 [n_sites]      sites/contig int16 [n_sites] (index into attrs contigs)
+    sites/id, sites/ref, sites/alt  str [n_sites]
+    sites/af       float32 [n_sites]    allele frequency of ALT
+    samples        str [n_samples]      haplotype h belongs to sample h // 2
+    windows        int64 [n_windows, 2] half-open site ranges
+
+Chunks run along sites and hold every haplotype (up to ``haplotype_chunk``): similar
+haplotypes then sit next to each other and compress together (the README has the figures), and
+a window of up to 1028 sites touches at most two chunks.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+from .vocab import Vocabulary, layout_tokens, pad_sites
+
+FORMAT_VERSION = 1
+ATTR_KEY = "vcfstore"
+
+
+def open_store(path: str | os.PathLike[str]) -> PanelStore:
+    """Open a panel store read-only. Only metadata is read; arrays are read on demand.
+
+    Raises
+    ------
+    StoreError
+        If ``path`` is not a complete vcfstore panel store of a supported format version.
+    """
+    return PanelStore(path)
+
+
+def read_store_attrs(path: Path) -> dict[str, Any] | None:
+    """The vcfstore attributes of the group at ``path``, or None if it is not a vcfstore group."""
+    import zarr
+
+    if not (path / "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a damaged zarr.json
+        raise StoreError(f"{path}: the store's metadata cannot be read ({e})") from None
+    meta = group.attrs.get(ATTR_KEY)
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+class PanelStore:
+    """A read-only view of one panel store.
+
+    Opening reads the group's metadata only. Zarr handles are opened lazily in the process that
+    uses them and are reopened after a fork, so a store may be created before DataLoader workers
+    start (fork, spawn or forkserver); it pickles as its path.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such store")
+        meta = read_store_attrs(self.path)
+        if meta is None:
+            raise StoreError(f"{self.path}: not a vcfstore panel store")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path}: store format version {meta.get('format_version')} is not supported "
+                f"(this vcfstore reads version {FORMAT_VERSION}); rebuild it"
+            )
+        if not meta.get("complete"):
+            raise StoreError(f"{self.path}: the build of this store did not finish; run the same build again to resume it")
+        self.meta = meta
+        self._pid: int | None = None
+        self._root: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "meta": self.meta}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.meta = state["path"], state["meta"]
+        self._pid, self._root = None, None
+
+    def __repr__(self) -> str:
+        return (
+            f"PanelStore({str(self.path)!r}: {self.n_haplotypes} haplotypes, {self.n_sites} sites, "
+            f"{self.n_windows} windows)"
+        )
+
+    @property
+    def root(self) -> Any:
+        """The Zarr group, opened in this process (reopened after a fork)."""
+        if self._root is None or self._pid != os.getpid():
+            import zarr
+
+            self._root = zarr.open_group(str(self.path), mode="r")
+            self._pid = os.getpid()
+        return self._root
+
+    # --- sizes and metadata ----------------------------------------------------------------
+    @property
+    def n_haplotypes(self) -> int:
+        return int(self.meta["n_haplotypes"])
+
+    @property
+    def n_sites(self) -> int:
+        return int(self.meta["n_sites"])
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.meta["n_windows"])
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.meta["max_seq_len"])
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return Vocabulary.from_dict(self.meta["vocab"])
+
+    @property
+    def identity(self) -> str:
+        """A digest of the input and build parameters; indexes record it to refuse a foreign store."""
+        return str(self.meta["identity"])
+
+    @property
+    def contigs(self) -> list[tuple[str, int, int]]:
+        """Per contig: (name, first site, one past the last site)."""
+        return [tuple(r) for r in self.meta["contig_runs"]]  # type: ignore[misc]
+
+    @cached_property
+    def samples(self) -> np.ndarray:
+        return _strings(self.root["samples"][:])
+
+    @cached_property
+    def positions(self) -> np.ndarray:
+        return np.asarray(self.root["sites/position"][:])
+
+    @cached_property
+    def af(self) -> np.ndarray:
+        return np.asarray(self.root["sites/af"][:])
+
+    @cached_property
+    def windows(self) -> np.ndarray:
+        return np.asarray(self.root["windows"][:])
+
+    def site_table(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Per-site columns (contig, position, id, ref, alt, af) for sites [start, stop)."""
+        sl = slice(start, self.n_sites if stop is None else stop)
+        names = np.asarray([r[0] for r in self.contigs] or [""])
+        contig_idx = np.asarray(self.root["sites/contig"][sl])
+        return {
+            "contig": names[contig_idx],
+            "position": self.positions[sl],
+            "id": _strings(self.root["sites/id"][sl]),
+            "ref": _strings(self.root["sites/ref"][sl]),
+            "alt": _strings(self.root["sites/alt"][sl]),
+            "af": self.af[sl],
+        }
+
+    # --- windows ---------------------------------------------------------------------------
+    def _check_window(self, w: int) -> int:
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)):
+            raise StoreError(f"window index must be an integer, not {type(w).__name__}")
+        if not 0 <= w < self.n_windows:
+            raise StoreError(f"window {w} does not exist: the store has {self.n_windows} windows (0..{self.n_windows - 1})")
+        return int(w)
+
+    def window_sites(self, w: int) -> range:
+        """The site indices of window ``w``."""
+        start, end = self.windows[self._check_window(w)]
+        return range(int(start), int(end))
+
+    def window_alleles(self, w: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Alleles of window ``w``: uint8 [n_rows, n_sites_in_window], 0 = REF, 1 = ALT.
+
+        ``rows`` selects haplotypes (any order, repeats allowed); None reads all of them.
+        """
+        sites = self.window_sites(w)
+        return self.read_alleles(sites.start, sites.stop, rows)
+
+    def read_alleles(self, start: int, stop: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Alleles of sites [start, stop) for ``rows`` (all haplotypes by default)."""
+        if not 0 <= start <= stop <= self.n_sites:
+            raise StoreError(f"site range [{start}, {stop}) is outside the store's {self.n_sites} sites")
+        byte_sl = slice(start // 8, (stop + 7) // 8)
+        arr = self.root["alleles"]
+        if rows is None:
+            packed = arr[:, byte_sl]
+        else:
+            rows = np.asarray(rows)
+            if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+                raise StoreError(f"rows must be a 1-D array of haplotype indices, got {rows.dtype} {rows.shape}")
+            if rows.size and (rows.min() < 0 or rows.max() >= self.n_haplotypes):
+                raise StoreError(f"rows must lie in [0, {self.n_haplotypes}); got {rows.min()}..{rows.max()}")
+            # Read each needed haplotype once, in order, then expand back to the caller's order.
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            packed = arr.oindex[uniq, byte_sl][inverse] if uniq.size else np.zeros((0, byte_sl.stop - byte_sl.start), np.uint8)
+        bits = np.unpackbits(packed, axis=1)
+        off = start % 8
+        return np.ascontiguousarray(bits[:, off : off + (stop - start)])
+
+    def window_tokens(self, w: int, rows: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+        """Tokens of window ``w``: int64 [n_rows, max_seq_len] laid out ``[SOS] sites [EOS] pad``.
+
+        ``mask`` is a boolean [max_seq_len] array (True = masked); masked sites get the mask id.
+        """
+        return layout_tokens(self.window_alleles(w, rows), self.max_seq_len, self.vocab, mask)
+
+    def window_af(self, w: int) -> np.ndarray:
+        """Allele frequencies of window ``w`` at token positions: float32 [max_seq_len], 0 at SOS/EOS/pad."""
+        sites = self.window_sites(w)
+        return pad_sites(self.af[sites.start : sites.stop], self.max_seq_len)
+
+    # --- accounting ------------------------------------------------------------------------
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk per array (path relative to the store)."""
+        out: dict[str, int] = {}
+        for p in self.path.rglob("*"):
+            if p.is_file():
+                rel = p.relative_to(self.path).parts
+                key = "/".join(rel[:2]) if rel[0] == "sites" and len(rel) > 2 else rel[0]
+                out[key] = out.get(key, 0) + p.stat().st_size
+        return dict(sorted(out.items()))
+
+    def info(self) -> dict[str, Any]:
+        """A summary for ``vcfstore info``: counts, windows, bytes on disk, compression ratio."""
+        usage = self.disk_usage()
+        genotypes = self.n_haplotypes * self.n_sites
+        lengths = self.windows[:, 1] - self.windows[:, 0]
+        allele_bytes = usage.get("alleles", 0)
+        return {
+            "path": str(self.path),
+            "format_version": self.meta["format_version"],
+            "identity": self.identity,
+            "n_samples": len(self.samples),
+            "n_haplotypes": self.n_haplotypes,
+            "n_sites": self.n_sites,
+            "n_windows": self.n_windows,
+            "window_sites": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+            "max_seq_len": self.max_seq_len,
+            "contigs": [r[0] for r in self.contigs],
+            "af_source": self.meta["params"]["af_from"],
+            "input": self.meta["input"],
+            "ingest": self.meta["counts"],
+            "bytes_on_disk": usage,
+            "bytes_total": sum(usage.values()),
+            "bits_per_genotype": allele_bytes * 8 / max(genotypes, 1),
+            "ratio_vs_uint8": genotypes / max(allele_bytes, 1),
+            "ratio_vs_int64_tokens": genotypes * 8 / max(allele_bytes, 1),
+        }
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    """Zarr's variable-length strings (NumPy StringDType) as a plain fixed-width str array."""
+    return np.array(np.asarray(values).tolist(), dtype=str)
