@@ -49,12 +49,16 @@ def write_vcf(
 
     Each record is (chrom, pos, id, ref, alt, [GT per sample]) or with a 7th INFO string.
     """
-    lines = ["##fileformat=VCFv4.2", '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
-             '##INFO=<ID=AF,Number=A,Type=Float,Description="Allele Frequency">']  # fmt: skip
+    lines = [
+        "##fileformat=VCFv4.2",
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+        '##INFO=<ID=AF,Number=A,Type=Float,Description="Allele Frequency">',
+    ]
     lines += [f"##contig=<ID={c}>" for c in dict.fromkeys(str(r[0]) for r in records)]
     if header_extra:
         lines.append(header_extra)
-    lines.append("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples]))
+    columns = ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO"]
+    lines.append("\t".join(columns + (["FORMAT", *samples] if samples else [])))
     for r in records:
         chrom, pos, vid, ref, alt, gts = r[:6]
         info = r[6] if len(r) > 6 else "."
@@ -72,5 +76,5 @@ def vcf_from_arrays(path: Path, alleles: np.ndarray, positions: np.ndarray, cont
     """A phased VCF of a simulated panel (alleles [n_haplotypes, n_sites])."""
     n_hap = alleles.shape[0]
     gts = [[f"{a[2 * s]}|{a[2 * s + 1]}" for s in range(n_hap // 2)] for a in alleles.T]
-    records = [(contig, int(p), f"v{i}", "A", "G", g) for i, (p, g) in enumerate(zip(positions, gts))]
+    records = [(contig, int(p), f"v{i}", "A", "G", g) for i, (p, g) in enumerate(zip(positions, gts, strict=True))]
     return write_vcf(path, records, [f"s{i}" for i in range(n_hap // 2)])

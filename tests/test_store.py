@@ -81,8 +81,9 @@ def test_multi_contig_store_never_spans_contigs(tmp_path):
     assert store.contigs == [("chr1", 0, 20), ("chr2", 20, 30)]
     assert list(store.site_table(18, 22)["contig"]) == ["chr1", "chr1", "chr2", "chr2"]
     with pytest.raises(vs.InputError, match="spans contigs chr1 and chr2"):
-        vs.build_from_arrays(alleles, pos, tmp_path / "t", contigs=contigs, windows=np.array([[0, 8], [15, 23]]),
-                             max_seq_len=10)  # fmt: skip
+        vs.build_from_arrays(
+            alleles, pos, tmp_path / "t", contigs=contigs, windows=np.array([[0, 8], [15, 23]]), max_seq_len=10
+        )
 
 
 def test_windows_from_csv_and_too_long(tmp_path, sim_arrays):
@@ -178,8 +179,15 @@ def test_tokens_property(tmp_path_factory, n_samples, n_sites, window, overlap_f
     alleles = rng.integers(0, 2, (2 * n_samples, n_sites), dtype=np.uint8)
     overlap = int(overlap_frac * window)
     max_seq_len = window + 2 + int(rng.integers(0, 3))
-    store = vs.build_from_arrays(alleles, np.arange(1, n_sites + 1), tmp_path_factory.mktemp("h") / "s",
-                                 window_size=window, overlap=overlap, max_seq_len=max_seq_len, chunk_sites=8)  # fmt: skip
+    store = vs.build_from_arrays(
+        alleles,
+        np.arange(1, n_sites + 1),
+        tmp_path_factory.mktemp("h") / "s",
+        window_size=window,
+        overlap=overlap,
+        max_seq_len=max_seq_len,
+        chunk_sites=8,
+    )
     masks = vs.MaskSchedule(seed).at(store, epoch=1, rate=rate)
     seen = set()
     for w in range(store.n_windows):

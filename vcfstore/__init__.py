@@ -8,13 +8,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .build import build_from_arrays, build_store  # noqa: E402
-from .errors import InputError, StoreError, VcfstoreError  # noqa: E402
-from .masks import EpochMasks, MaskSchedule, masks_version  # noqa: E402
-from .sources import ArraySource, InputPolicy, VcfSource, VcfZarrSource  # noqa: E402
-from .store import PanelStore, open_store  # noqa: E402
-from .vocab import Vocabulary  # noqa: E402
-from .windows import read_windows_csv  # noqa: E402
+from .build import build_from_arrays, build_store
+from .errors import InputError, StoreError, VcfstoreError
+from .masks import EpochMasks, MaskSchedule, masks_version
+from .sources import ArraySource, InputPolicy, VcfSource, VcfZarrSource
+from .store import PanelStore, open_store
+from .vocab import Vocabulary
+from .windows import read_windows_csv
 
 __all__ = [
     "ArraySource",

@@ -149,6 +149,7 @@ class _Writer:
         self.runs: list[tuple[str, int, int]] = [tuple(r) for r in state["runs"]]  # type: ignore[misc]
         self.counts: Counter[str] = Counter(state["counts"])
         self.chunk_sites: int = meta["params"]["chunk_sites"]
+        self.resumed_from: int | None = self.sites or None
 
     @classmethod
     def open(cls, out: Path, source: SiteSource, described: dict, params: dict, force: bool) -> _Writer:
@@ -167,7 +168,11 @@ class _Writer:
                 writer._truncate()
                 return writer
             if not force:
-                what = "a finished store" if meta.get("complete") else "an unfinished build with another input or parameters"
+                what = (
+                    "a finished store"
+                    if meta.get("complete")
+                    else "an unfinished build with another input or parameters"
+                )
                 raise StoreError(f"{out} holds {what}; pass force=True (--force) to replace it")
             shutil.rmtree(out)
         elif out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -187,9 +192,13 @@ class _Writer:
         # instead of re-encoding a partly filled one.
         site_chunk = (params["chunk_sites"],)
         root.create_array(
-            "alleles", shape=(n_hap, 0), dtype="uint8", compressors=zstd,
-            chunks=(min(n_hap, params["haplotype_chunk"]), params["chunk_sites"] // 8), fill_value=0,
-        )  # fmt: skip
+            "alleles",
+            shape=(n_hap, 0),
+            dtype="uint8",
+            compressors=zstd,
+            chunks=(min(n_hap, params["haplotype_chunk"]), params["chunk_sites"] // 8),
+            fill_value=0,
+        )
         sites = root.require_group("sites")
         for name, dtype in (("position", "int64"), ("contig", "int16"), ("af", "float32")):
             sites.create_array(name, shape=(0,), dtype=dtype, chunks=site_chunk, compressors=light)
@@ -227,9 +236,13 @@ class _Writer:
         pending: list[SiteBlock] = []
         n_pending = 0
         bar = tqdm(
-            total=source.expected_records(), unit=" records", disable=not progress,
-            desc=f"building {self.out.name}", smoothing=0.1, dynamic_ncols=True,
-        )  # fmt: skip
+            total=source.expected_records(),
+            unit=" records",
+            disable=not progress,
+            desc=f"building {self.out.name}",
+            smoothing=0.1,
+            dynamic_ncols=True,
+        )
         seen = 0
         for block in source.blocks(block_sites):
             bar.update(source.filter.counts["records"] - seen)
@@ -274,10 +287,13 @@ class _Writer:
                 )
             af = block.info_af.astype(np.float32)
         columns = {
-            "position": block.positions, "contig": contig_idx, "af": af,
-            "id": np.asarray(block.ids, dtype=str), "ref": np.asarray(block.refs, dtype=str),
+            "position": block.positions,
+            "contig": contig_idx,
+            "af": af,
+            "id": np.asarray(block.ids, dtype=str),
+            "ref": np.asarray(block.refs, dtype=str),
             "alt": np.asarray(block.alts, dtype=str),
-        }  # fmt: skip
+        }
         for name, values in columns.items():
             arr = self.root[f"sites/{name}"]
             arr.resize((start + n,))
@@ -315,6 +331,7 @@ class _Writer:
             n_windows=len(windows),
             contig_runs=self.runs,
             counts=dict(counts),
+            resumed_from_site=self.resumed_from,
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         self.root.attrs[ATTR_KEY] = meta
@@ -347,7 +364,9 @@ def _concat(blocks: list[SiteBlock]) -> SiteBlock:
     )
 
 
-def build_from_arrays(alleles: np.ndarray, positions: np.ndarray, out: str | os.PathLike[str], **kwargs: Any) -> PanelStore:
+def build_from_arrays(
+    alleles: np.ndarray, positions: np.ndarray, out: str | os.PathLike[str], **kwargs: Any
+) -> PanelStore:
     """Build a store from in-memory arrays (see :class:`ArraySource` and :func:`build_store`).
 
     Keyword arguments ``contigs``, ``samples``, ``ids``, ``refs`` and ``alts`` go to the source,
@@ -359,4 +378,3 @@ def build_from_arrays(alleles: np.ndarray, positions: np.ndarray, out: str | os.
         kwargs["af_from"] = kwargs.pop("af")
     kwargs.setdefault("progress", False)
     return build_store(source, out, **kwargs)
-

@@ -38,26 +38,68 @@ def main() -> None:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--window-size", type=int, default=None, help="Sites per window [default: max-seq-len - 2].")
 @click.option("--overlap", type=int, default=0, show_default=True, help="Sites shared by consecutive windows.")
-@click.option("--windows", "windows_csv", type=click.Path(exists=True, path_type=Path),
-              help="CSV of [start, end) site indices (columns start,end) instead of fixed windows.")
-@click.option("--af-from", type=click.Choice(["panel", "info"]), default="panel", show_default=True,
-              help="Compute AF from the panel or read INFO/AF.")
+@click.option(
+    "--windows",
+    "windows_csv",
+    type=click.Path(exists=True, path_type=Path),
+    help="CSV of [start, end) site indices (columns start,end) instead of fixed windows.",
+)
+@click.option(
+    "--af-from",
+    type=click.Choice(["panel", "info"]),
+    default="panel",
+    show_default=True,
+    help="Compute AF from the panel or read INFO/AF.",
+)
 @click.option("--region", help="Only chr:start-end (needs a .tbi/.csi index).")
-@click.option("--max-seq-len", type=int, default=1030, show_default=True, help="Tokens per window: [SOS] sites [EOS] pad.")
+@click.option(
+    "--max-seq-len", type=int, default=1030, show_default=True, help="Tokens per window: [SOS] sites [EOS] pad."
+)
 @click.option("--multiallelic", type=click.Choice(["skip", "split"]), default="skip", show_default=True)
-@click.option("--non-snv", type=click.Choice(["skip", "keep"]), default="skip", show_default=True,
-              help="Indels and symbolic alleles.")
-@click.option("--unphased", type=click.Choice(["error", "skip-site", "keep"]), default="error", show_default=True,
-              help="Unphased heterozygous calls.")
-@click.option("--missing", type=click.Choice(["error", "skip-site", "ref"]), default="error", show_default=True,
-              help="Missing alleles.")
-@click.option("--duplicates", type=click.Choice(["error", "skip"]), default="error", show_default=True,
-              help="Records repeating a kept site's position.")
+@click.option(
+    "--non-snv",
+    type=click.Choice(["skip", "keep"]),
+    default="skip",
+    show_default=True,
+    help="Indels and symbolic alleles.",
+)
+@click.option(
+    "--unphased",
+    type=click.Choice(["error", "skip-site", "keep"]),
+    default="error",
+    show_default=True,
+    help="Unphased heterozygous calls.",
+)
+@click.option(
+    "--missing",
+    type=click.Choice(["error", "skip-site", "ref"]),
+    default="error",
+    show_default=True,
+    help="Missing alleles.",
+)
+@click.option(
+    "--duplicates",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="Records repeating a kept site's position.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing store in OUT_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def build(input_path: Path, out_dir: Path, window_size: int | None, overlap: int, windows_csv: Path | None,
-          af_from: str, region: str | None, max_seq_len: int, force: bool, quiet: bool, **policy: str) -> None:  # fmt: skip
+def build(
+    input_path: Path,
+    out_dir: Path,
+    window_size: int | None,
+    overlap: int,
+    windows_csv: Path | None,
+    af_from: str,
+    region: str | None,
+    max_seq_len: int,
+    force: bool,
+    quiet: bool,
+    **policy: str,
+) -> None:
     """Build a panel store in OUT_DIR from a VCF/BCF file or a VCF Zarr directory.
 
     Streams the input; a killed build resumes when run again with the same arguments.
@@ -69,9 +111,16 @@ def build(input_path: Path, out_dir: Path, window_size: int | None, overlap: int
     source = open_source(input_path, region=region, policy=InputPolicy(**policy))
     windows = read_windows_csv(windows_csv) if windows_csv else None
     store = build_store(
-        source, out_dir, window_size=window_size, overlap=overlap, windows=windows, max_seq_len=max_seq_len,
-        af_from=af_from, force=force, progress=not quiet,  # type: ignore[arg-type]
-    )  # fmt: skip
+        source,
+        out_dir,
+        window_size=window_size,
+        overlap=overlap,
+        windows=windows,
+        max_seq_len=max_seq_len,
+        af_from=af_from,
+        force=force,
+        progress=not quiet,  # type: ignore[arg-type]
+    )
     print_store_info(store.info())
 
 
@@ -91,8 +140,15 @@ def info(store_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--vcf", "vcf_path", type=click.Path(exists=True, path_type=Path), help="Use this VCF/BCF instead of a simulated panel.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Keep the store here [default: a temporary directory].")
+@click.option(
+    "--vcf",
+    "vcf_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Use this VCF/BCF instead of a simulated panel.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), help="Keep the store here [default: a temporary directory]."
+)
 @click.option("--samples", type=int, default=1004, show_default=True, help="Simulated diploid samples.")
 @click.option("--length", type=float, default=10e6, show_default=True, help="Simulated sequence length (bp).")
 @click.option("--seed", type=int, default=42, show_default=True)

@@ -30,7 +30,10 @@ def run_demo(
         store_dir = out_dir or Path(tmp) / "panel.vcfstore"
         t0 = time.perf_counter()
         if vcf_path is None:
-            echo(f"1. simulating {n_samples} diploid samples over {sequence_length / 1e6:.1f} Mb with msprime (seed {seed})")
+            echo(
+                f"1. simulating {n_samples} diploid samples over {sequence_length / 1e6:.1f} Mb "
+                f"with msprime (seed {seed})"
+            )
             source = TreeSequenceSource(simulate_panel(n_samples, sequence_length, seed=seed))
         else:
             echo(f"1. reading {vcf_path}")
@@ -47,7 +50,9 @@ def run_demo(
         w = store.n_windows // 2
         timings = {
             "whole window": _best_ms(lambda: store.window_alleles(w)),
-            "16-row gather": _best_ms(lambda: store.window_alleles(w, rows=np.arange(0, store.n_haplotypes, store.n_haplotypes // 16)[:16])),
+            "16-row gather": _best_ms(
+                lambda: store.window_alleles(w, rows=np.arange(0, store.n_haplotypes, store.n_haplotypes // 16)[:16])
+            ),
         }
         for what, ms in timings.items():
             echo(f"   {what:14s} of window {w}: {ms:.2f} ms")

@@ -14,7 +14,7 @@ masked at every rate above r.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
@@ -63,7 +63,10 @@ class MaskSchedule:
     def mask_version(self, epoch: int, rate: float) -> str:
         """A stable identifier of every mask of one epoch, recorded by indexes and caches."""
         _check_rate(rate)
-        text = f"{_SCHEME}:seed={self.seed}:epoch={epoch}:rate={float(rate)!r}:low_af={self.low_af!r}:low_af_rate={self.low_af_rate!r}"
+        text = (
+            f"{_SCHEME}:seed={self.seed}:epoch={epoch}:rate={float(rate)!r}"
+            f":low_af={self.low_af!r}:low_af_rate={self.low_af_rate!r}"
+        )
         return "mask:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def at(self, store: PanelStore, epoch: int, rate: float) -> EpochMasks:
@@ -80,6 +83,9 @@ class EpochMasks(Sequence[np.ndarray]):
 
     def __len__(self) -> int:
         return self.store.n_windows
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[w] for w in range(len(self)))
 
     @overload
     def __getitem__(self, w: int) -> np.ndarray: ...

@@ -145,7 +145,9 @@ class MeasuredRun:
     timeline: list[tuple[float, int, int]]
 
 
-def run_measured(argv: list[str], *, interval: float = 0.005, timeout: float = 600, env: dict[str, str] | None = None) -> MeasuredRun:
+def run_measured(
+    argv: list[str], *, interval: float = 0.005, timeout: float = 600, env: dict[str, str] | None = None
+) -> MeasuredRun:
     """Run ``argv`` and sample its anonymous and resident memory until it exits.
 
     The peak is measured as the kernel accounts it (``/proc/<pid>/statm``), not by the workload
@@ -166,4 +168,6 @@ def run_measured(argv: list[str], *, interval: float = 0.005, timeout: float = 6
             sampler.stop()
         out.seek(0)
         err.seek(0)
-        return MeasuredRun(proc.returncode, out.read(), err.read(), sampler.peak_anon, sampler.peak_rss, sampler.timeline)
+        return MeasuredRun(
+            proc.returncode, out.read(), err.read(), sampler.peak_anon, sampler.peak_rss, sampler.timeline
+        )

@@ -32,9 +32,13 @@ def simulate_panel(
     import msprime
 
     ts = msprime.sim_ancestry(
-        samples=n_samples, ploidy=2, population_size=population_size, sequence_length=sequence_length,
-        recombination_rate=recombination_rate, random_seed=seed,
-    )  # fmt: skip
+        samples=n_samples,
+        ploidy=2,
+        population_size=population_size,
+        sequence_length=sequence_length,
+        recombination_rate=recombination_rate,
+        random_seed=seed,
+    )
     return msprime.sim_mutations(ts, rate=mutation_rate, random_seed=seed + 1, model=msprime.BinaryMutationModel())
 
 

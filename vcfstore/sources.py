@@ -279,7 +279,7 @@ class VcfSource:
 
         try:
             return VCF(str(self.path), lazy=True)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - cyvcf2 raises bare Exception for a bad header
             raise InputError(f"{self.path}: not a readable VCF/BCF file ({e})") from None
 
     def describe(self) -> dict[str, object]:
@@ -321,17 +321,19 @@ class VcfSource:
                     buf = []
         except InputError:
             raise
-        except Exception as e:  # htslib reports truncation and corruption as bare Exceptions
+        except Exception as e:  # noqa: BLE001 - htslib reports truncation and corruption as bare Exception
             raise InputError(f"{self.path}: the file is truncated or corrupt ({e})") from None
         finally:
             vcf.close()
         if buf:
             yield self._filter(buf)
         if self.filter.counts["records"] == 0:
-            raise InputError(f"{self.path}: the file has no variant records" + (f" in {self.region}" if self.region else ""))
+            raise InputError(
+                f"{self.path}: the file has no variant records" + (f" in {self.region}" if self.region else "")
+            )
 
     def _filter(self, buf: list[tuple]) -> SiteBlock:
-        contigs, positions, ids, refs, alts, gts, afs = zip(*buf)
+        contigs, positions, ids, refs, alts, gts, afs = zip(*buf, strict=True)
         ploidies = {g.shape[1] - 1 for g in gts}
         if len(ploidies) > 1 or ploidies != {2}:
             bad = next(i for i, g in enumerate(gts) if g.shape[1] != 3)
@@ -386,7 +388,9 @@ class VcfZarrSource:
         for start in range(0, n, block_sites):
             sl = slice(start, min(start + block_sites, n))
             alleles = r["variant_allele"][sl]
-            phased = r["call_genotype_phased"][sl] if "call_genotype_phased" in r else np.ones(self._gt[sl].shape[:2], bool)
+            phased = (
+                r["call_genotype_phased"][sl] if "call_genotype_phased" in r else np.ones(self._gt[sl].shape[:2], bool)
+            )
             yield self.filter(
                 [contig_names[c] for c in r["variant_contig"][sl]],
                 r["variant_position"][sl].tolist(),
@@ -475,9 +479,14 @@ class ArraySource:
         for start in range(0, n_sites, block_sites):
             sl = slice(start, min(start + block_sites, n_sites))
             yield haplotype_block(
-                self.filter, self.contigs[sl], self.positions[sl], self.ids[sl], self.refs[sl],
-                self.alts[sl], self.alleles[:, sl].T,
-            )  # fmt: skip
+                self.filter,
+                self.contigs[sl],
+                self.positions[sl],
+                self.ids[sl],
+                self.refs[sl],
+                self.alts[sl],
+                self.alleles[:, sl].T,
+            )
 
 
 def haplotype_block(

@@ -79,7 +79,9 @@ class PanelStore:
                 f"(this vcfstore reads version {FORMAT_VERSION}); rebuild it"
             )
         if not meta.get("complete"):
-            raise StoreError(f"{self.path}: the build of this store did not finish; run the same build again to resume it")
+            raise StoreError(
+                f"{self.path}: the build of this store did not finish; run the same build again to resume it"
+            )
         self.meta = meta
         self._pid: int | None = None
         self._root: Any = None
@@ -173,7 +175,9 @@ class PanelStore:
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)):
             raise StoreError(f"window index must be an integer, not {type(w).__name__}")
         if not 0 <= w < self.n_windows:
-            raise StoreError(f"window {w} does not exist: the store has {self.n_windows} windows (0..{self.n_windows - 1})")
+            raise StoreError(
+                f"window {w} does not exist: the store has {self.n_windows} windows (0..{self.n_windows - 1})"
+            )
         return int(w)
 
     def window_sites(self, w: int) -> range:
@@ -205,7 +209,11 @@ class PanelStore:
                 raise StoreError(f"rows must lie in [0, {self.n_haplotypes}); got {rows.min()}..{rows.max()}")
             # Read each needed haplotype once, in order, then expand back to the caller's order.
             uniq, inverse = np.unique(rows, return_inverse=True)
-            packed = arr.oindex[uniq, byte_sl][inverse] if uniq.size else np.zeros((0, byte_sl.stop - byte_sl.start), np.uint8)
+            packed = (
+                arr.oindex[uniq, byte_sl][inverse]
+                if uniq.size
+                else np.zeros((0, byte_sl.stop - byte_sl.start), np.uint8)
+            )
         bits = np.unpackbits(packed, axis=1)
         off = start % 8
         return np.ascontiguousarray(bits[:, off : off + (stop - start)])

@@ -1,0 +1,212 @@
+"""Ingest from VCF/BCF and VCF Zarr: real data, input policies, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+import vcfstore as vs
+from tests.conftest import vcf_from_arrays, write_vcf
+
+
+def _independent_read(path):
+    """Read a phased VCF with plain text parsing: an independent check of the htslib path."""
+    samples, pos, gts = [], [], []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            if line.startswith("##"):
+                continue
+            fields = line.rstrip("\n").split("\t")
+            if line.startswith("#"):
+                samples = fields[9:]
+                continue
+            if len(fields[3]) != 1 or len(fields[4]) != 1:  # the default policy keeps SNVs only
+                continue
+            pos.append(int(fields[1]))
+            gts.append([int(a) for g in fields[9:] for a in g.split(":")[0].split("|")])
+    return samples, np.asarray(pos), np.asarray(gts, dtype=np.uint8).T
+
+
+def test_real_reference_panel_matches_independent_read(real_data, tmp_path):
+    store = vs.build_store(vs.VcfSource(real_data / "reference.vcf.gz"), tmp_path / "ref", progress=False)
+    samples, pos, alleles = _independent_read(real_data / "reference.vcf.gz")
+    assert list(store.samples) == samples and store.n_haplotypes == 600
+    np.testing.assert_array_equal(store.positions, pos)
+    np.testing.assert_array_equal(store.read_alleles(0, store.n_sites), alleles)
+    for w in (0, store.n_windows - 1):
+        sites = store.window_sites(w)
+        np.testing.assert_array_equal(store.window_alleles(w), alleles[:, sites.start : sites.stop])
+    assert store.meta["counts"]["skipped_non_snv"] == 24990 - len(pos)
+
+
+def test_real_unphased_file_hits_policy(real_data, tmp_path):
+    with pytest.raises(vs.InputError, match=r"record 20:\d+ .*unphased heterozygous"):
+        vs.build_store(vs.VcfSource(real_data / "unphased.vcf.gz"), tmp_path / "u", progress=False)
+    assert not (tmp_path / "u").exists()
+    policy = vs.InputPolicy(unphased="skip-site")
+    store = vs.build_store(vs.VcfSource(real_data / "unphased.vcf.gz", policy=policy), tmp_path / "u", progress=False)
+    counts = store.meta["counts"]
+    assert counts["skipped_unphased"] > 0
+    assert store.n_sites == counts["records"] - counts["skipped_non_snv"] - counts["skipped_unphased"]
+
+
+def test_af_from_info(real_data, tmp_path):
+    store = vs.build_store(vs.VcfSource(real_data / "reference.vcf.gz"), tmp_path / "a", af_from="info", progress=False)
+    assert store.meta["params"]["af_from"] == "info"
+    assert 0 < store.af.min() and store.af.max() <= 1
+    policy = vs.InputPolicy(unphased="keep")
+    with pytest.raises(vs.InputError, match="has no INFO/AF value; use --af-from panel"):
+        vs.build_store(
+            vs.VcfSource(real_data / "unphased.vcf.gz", policy=policy), tmp_path / "b", af_from="info", progress=False
+        )
+
+
+def test_region(real_data, tmp_path):
+    store = vs.build_store(
+        vs.VcfSource(real_data / "reference.vcf.gz", region="20:1500000-1600000"), tmp_path / "r", progress=False
+    )
+    assert 1_500_000 <= store.positions.min() and store.positions.max() <= 1_600_000 and store.n_sites > 100
+
+
+def test_vcf_zarr_equals_vcf(tmp_path, sim_arrays):
+    from bio2zarr import vcf as b2z
+
+    alleles, positions = sim_arrays
+    vcf = vcf_from_arrays(tmp_path / "p.vcf.gz", alleles[:40, :1500], positions[:1500])
+    b2z.convert([str(vcf)], str(tmp_path / "p.vcz"))
+    a = vs.build_store(vs.VcfSource(vcf), tmp_path / "a", window_size=500, progress=False)
+    b = vs.build_store(vs.VcfZarrSource(tmp_path / "p.vcz"), tmp_path / "b", window_size=500, progress=False)
+    np.testing.assert_array_equal(a.read_alleles(0, a.n_sites), alleles[:40, :1500])
+    np.testing.assert_array_equal(b.read_alleles(0, b.n_sites), alleles[:40, :1500])
+    np.testing.assert_array_equal(a.positions, b.positions)
+    assert list(a.samples) == list(b.samples)
+    with pytest.raises(vs.InputError, match="not a VCF Zarr store"):
+        vs.VcfZarrSource(tmp_path / "a" / "sites")
+
+
+GT2 = ["0|1", "1|0"]
+
+
+def _build(tmp_path, records, name="in.vcf", samples=("S1", "S2"), **policy):
+    path = write_vcf(tmp_path / name, records, samples)
+    return vs.build_store(
+        vs.VcfSource(path, policy=vs.InputPolicy(**policy)), tmp_path / "out", progress=False, force=True
+    )
+
+
+def test_multiallelic_and_non_snv_policies(tmp_path):
+    recs = [
+        ("1", 10, "a", "A", "G", GT2),
+        ("1", 20, "b", "A", "C,T", ["0|2", "1|0"]),
+        ("1", 30, "c", "AT", "A", GT2),
+        ("1", 40, "d", "C", "<DEL>", GT2),
+        ("1", 50, "e", "C", ".", GT2),
+    ]
+    s = _build(tmp_path, recs)
+    assert list(s.positions) == [10]
+    c = s.meta["counts"]
+    assert (c["skipped_multiallelic"], c["skipped_non_snv"], c["skipped_no_alt"]) == (1, 2, 1)
+    s = _build(tmp_path, recs, multiallelic="split")
+    assert list(s.positions) == [10, 20, 20] and s.meta["counts"]["split_multiallelic"] == 1
+    np.testing.assert_array_equal(s.read_alleles(1, 3).T, [[0, 0, 1, 0], [0, 1, 0, 0]])  # ALT C, then ALT T
+    assert list(s.site_table()["alt"]) == ["G", "C", "T"]
+    s = _build(tmp_path, recs, non_snv="keep")
+    assert list(s.positions) == [10, 30, 40]
+
+
+def test_missing_policies(tmp_path):
+    recs = [("1", 10, ".", "A", "G", [".|1", "1|0"]), ("1", 20, ".", "A", "G", GT2)]
+    with pytest.raises(vs.InputError, match="record 1:10 has missing genotypes"):
+        _build(tmp_path, recs)
+    assert list(_build(tmp_path, recs, missing="skip-site").positions) == [20]
+    s = _build(tmp_path, recs, missing="ref")
+    np.testing.assert_array_equal(s.read_alleles(0, 1)[:, 0], [0, 1, 1, 0])
+
+
+def test_unphased_policies(tmp_path):
+    recs = [("1", 10, "rs1", "A", "G", ["0/1", "1|0"]), ("1", 20, ".", "A", "G", ["1/1", "0|1"])]
+    with pytest.raises(vs.InputError, match=r"record 1:10 \(rs1\) has unphased heterozygous"):
+        _build(tmp_path, recs)
+    s = _build(tmp_path, recs, unphased="skip-site")
+    assert list(s.positions) == [20]  # an unphased homozygous call is unambiguous
+    assert s.meta["counts"]["unphased_homozygous_calls"] == 1
+    assert list(_build(tmp_path, recs, unphased="keep").positions) == [10, 20]
+
+
+@pytest.mark.parametrize(
+    ("records", "match"),
+    [
+        ([("1", 10, ".", "A", "G", ["0|1", "1"])], "not diploid"),
+        ([("1", 10, ".", "A", "G", ["0|1|1", "1|0|0"])], "not diploid"),
+        ([("1", 20, ".", "A", "G", GT2), ("1", 10, ".", "A", "G", GT2)], "1:10 comes after position 20"),
+        ([("1", 10, ".", "A", "G", GT2), ("1", 10, ".", "A", "C", GT2)], "1:10 repeats the position"),
+        (
+            [("1", 10, ".", "A", "G", GT2), ("2", 10, ".", "A", "G", GT2), ("1", 30, ".", "A", "G", GT2)],
+            "contig 1 appears again",
+        ),
+        ([], "has no variant records"),
+    ],
+)
+def test_bad_records(tmp_path, records, match):
+    with pytest.raises(vs.InputError, match=match):
+        _build(tmp_path, records)
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_skip_and_indel_sharing_position(tmp_path):
+    recs = [
+        ("1", 10, ".", "A", "G", GT2),
+        ("1", 10, ".", "A", "C", GT2),
+        ("1", 20, ".", "AT", "A", GT2),
+        ("1", 20, ".", "A", "T", GT2),
+    ]
+    s = _build(tmp_path, recs, duplicates="skip")
+    assert list(s.positions) == [10, 20] and s.meta["counts"]["skipped_duplicate"] == 1
+    assert list(s.site_table()["alt"]) == ["G", "T"]
+
+
+def test_bad_files(tmp_path, real_data):
+    trunc = tmp_path / "trunc.vcf.gz"
+    trunc.write_bytes((real_data / "reference.vcf.gz").read_bytes()[:600_000])
+    with pytest.raises(vs.InputError, match="truncated or corrupt"):
+        vs.build_store(vs.VcfSource(trunc), tmp_path / "t", progress=False)
+    assert not (tmp_path / "t").exists()
+    junk = tmp_path / "junk.vcf"
+    junk.write_text("this is not a VCF\n")
+    with pytest.raises(vs.InputError, match="not a readable VCF/BCF file"):
+        vs.VcfSource(junk)
+    with pytest.raises(vs.InputError, match="no such file"):
+        vs.VcfSource(tmp_path / "missing.vcf.gz")
+    nosamples = write_vcf(tmp_path / "ns.vcf", [], samples=())
+    with pytest.raises(vs.InputError, match="has no samples"):
+        vs.VcfSource(nosamples)
+
+
+def test_bcf_input(tmp_path, real_data):
+    from cyvcf2 import VCF, Writer
+
+    src = VCF(str(real_data / "reference.vcf.gz"))
+    w = Writer(str(tmp_path / "ref.bcf"), src, mode="wb")
+    for i, rec in enumerate(src):
+        if i == 3000:
+            break
+        w.write_record(rec)
+    w.close()
+    src.close()
+    s = vs.build_store(vs.VcfSource(tmp_path / "ref.bcf"), tmp_path / "b", progress=False)
+    ref = vs.build_store(
+        vs.VcfSource(real_data / "reference.vcf.gz", region="20:1-" + str(s.positions[-1])),
+        tmp_path / "r",
+        progress=False,
+    )
+    np.testing.assert_array_equal(s.read_alleles(0, s.n_sites), ref.read_alleles(0, ref.n_sites))
+
+
+def test_copy_of_real_file_has_same_identity(tmp_path, real_data):
+    shutil.copy(real_data / "reference.vcf.gz", tmp_path / "copy.vcf.gz")
+    a = vs.VcfSource(real_data / "reference.vcf.gz").describe()
+    b = vs.VcfSource(tmp_path / "copy.vcf.gz").describe()
+    assert a["sha256"] == b["sha256"] and a["size"] == b["size"]
