@@ -78,3 +78,25 @@ def vcf_from_arrays(path: Path, alleles: np.ndarray, positions: np.ndarray, cont
     gts = [[f"{a[2 * s]}|{a[2 * s + 1]}" for s in range(n_hap // 2)] for a in alleles.T]
     records = [(contig, int(p), f"v{i}", "A", "G", g) for i, (p, g) in enumerate(zip(positions, gts, strict=True))]
     return write_vcf(path, records, [f"s{i}" for i in range(n_hap // 2)])
+
+
+@pytest.fixture
+def anon_ceiling():
+    """``with anon_ceiling(n): ...`` asserts the block raises anonymous memory by less than n bytes.
+
+    The peak is sampled by a background thread (RssAnon from /proc/self/statm), not taken from
+    ru_maxrss or VmHWM, which count mapped file pages.
+    """
+    import contextlib
+
+    from vcfstore.meter import PeakSampler, StatmMeter
+
+    @contextlib.contextmanager
+    def ceiling(nbytes: float):
+        base = StatmMeter().read().anon
+        with PeakSampler(interval=0.001) as sampler:
+            yield sampler
+        grew = sampler.peak_anon - base
+        assert grew < nbytes, f"anonymous memory grew by {grew / 1e6:.1f} MB, more than {nbytes / 1e6:.1f} MB"
+
+    return ceiling

@@ -1,19 +1,22 @@
 """vcfstore: retrieval over a full reference panel inside a fixed RAM ceiling.
 
 The panel lives in a chunked Zarr store (:func:`open_store`, :func:`build_store`); masks come
-from a deterministic :class:`MaskSchedule`.
+from a deterministic :class:`MaskSchedule`; a :class:`MemoryBudget` holds the process under a
+RAM ceiling, evicting cached windows and indexes before it can be OOM-killed.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .budget import MemoryBudget, MemoryBudgetExceeded
 from .build import build_from_arrays, build_store
 from .errors import InputError, StoreError, VcfstoreError
 from .masks import EpochMasks, MaskSchedule, masks_version
 from .sources import ArraySource, InputPolicy, VcfSource, VcfZarrSource
 from .store import PanelStore, open_store
 from .vocab import Vocabulary
+from .window_cache import WindowCache
 from .windows import read_windows_csv
 
 __all__ = [
@@ -22,12 +25,15 @@ __all__ = [
     "InputError",
     "InputPolicy",
     "MaskSchedule",
+    "MemoryBudget",
+    "MemoryBudgetExceeded",
     "PanelStore",
     "StoreError",
     "VcfSource",
     "VcfZarrSource",
     "VcfstoreError",
     "Vocabulary",
+    "WindowCache",
     "__version__",
     "build_from_arrays",
     "build_store",

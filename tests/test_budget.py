@@ -1,0 +1,274 @@
+"""The memory budget: limits, cgroups, admission and eviction, workers, a ceiling that holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader, Dataset
+
+import vcfstore as vs
+from vcfstore.budget import malloc_trim
+from vcfstore.cache import LruCache
+from vcfstore.limits import Limit, cgroup_limits, effective_machine_limit, parse_size
+from vcfstore.meter import MemorySample, run_measured
+
+GB = 10**9
+
+
+def test_parse_size():
+    assert parse_size("11GB") == 11 * 10**9
+    assert parse_size("11GiB") == 11 * 2**30
+    assert parse_size("1.5 mb") == 1_500_000
+    assert parse_size(12345) == 12345
+    assert parse_size("80%", machine_limit=1000) == 800
+    for bad in ("eleven", "11XB", "0GB", "150%", -1, True):
+        with pytest.raises(vs.VcfstoreError):
+            parse_size(bad, machine_limit=1000)
+
+
+def _fake_proc(tmp_path: Path, cgroup: str, mountinfo: str) -> Path:
+    proc = tmp_path / "proc" / "self"
+    proc.mkdir(parents=True)
+    (proc / "cgroup").write_text(cgroup)
+    (proc / "mountinfo").write_text(mountinfo.replace("ROOT", str(tmp_path)))
+    return tmp_path / "proc"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_nested_and_unlimited(tmp_path):
+    cg = tmp_path / "cg2"
+    _write(cg / "memory.max", "max\n")  # the root: unlimited
+    _write(cg / "slurm" / "memory.max", "8000000000\n")
+    _write(cg / "slurm" / "job1" / "memory.max", "max\n")
+    _write(cg / "slurm" / "job1" / "memory.high", "6000000000\n")
+    proc = _fake_proc(tmp_path, "0::/slurm/job1\n", "41 31 0:38 / ROOT/cg2 rw - cgroup2 cgroup2 rw\n")
+    limits = cgroup_limits(proc)
+    assert sorted(lim.nbytes for lim in limits) == [6 * GB, 8 * GB]
+    assert all("v2" in lim.source for lim in limits)
+    assert effective_machine_limit(proc).nbytes == min(6 * GB, effective_machine_limit("/nonexistent").nbytes)
+
+
+def test_cgroup_v1_nested_sentinel_and_container_root(tmp_path):
+    cg = tmp_path / "mem"
+    _write(cg / "memory.limit_in_bytes", "9223372036854771712\n")  # v1's "unlimited"
+    _write(cg / "process_api" / "memory.limit_in_bytes", "9223372036854771712\n")
+    _write(cg / "process_api" / "abc" / "memory.limit_in_bytes", "4000000000\n")
+    mounts = (
+        "35 31 0:32 / ROOT/mem rw,relatime - cgroup cgroup rw,memory\n32 31 0:29 / ROOT/cpu rw - cgroup cgroup rw,cpu\n"
+    )
+    proc = _fake_proc(tmp_path, "4:memory:/process_api/abc\n1:cpu:/\n", mounts)
+    assert [lim.nbytes for lim in cgroup_limits(proc)] == [4 * GB]
+    # In a container the process's path is not under the mount: the mount root is its cgroup.
+    other = tmp_path / "c"
+    other.mkdir()
+    _write(other / "mem2" / "memory.limit_in_bytes", "3000000000\n")
+    proc2 = _fake_proc(
+        other, "4:memory:/docker/xyz\n", "35 31 0:32 /docker/xyz ROOT/mem2 rw - cgroup cgroup rw,memory\n"
+    )
+    assert [lim.nbytes for lim in cgroup_limits(proc2)] == [3 * GB]
+
+
+def test_no_cgroup_information(tmp_path):
+    assert cgroup_limits(tmp_path / "missing") == []
+    assert effective_machine_limit(tmp_path / "missing").source == "physical RAM"
+
+
+def test_limit_capped_by_machine():
+    b = vs.MemoryBudget("100GB", machine_limit=Limit("cgroup v2 /x/memory.max", 8 * GB), meter=_FakeMeter())
+    assert b.limit == 8 * GB and "cgroup" in b.limit_source
+    assert vs.MemoryBudget("50%", machine_limit=Limit("physical RAM", 8 * GB), meter=_FakeMeter()).limit == 4 * GB
+
+
+class _FakeMeter:
+    """Anonymous memory = a base figure plus whatever the caches hold (as if freed on eviction)."""
+
+    def __init__(self, base: int = 0) -> None:
+        self.base = base
+        self.caches: list[LruCache] = []
+
+    def read(self) -> MemorySample:
+        anon = self.base + sum(c.usage()[0] for c in self.caches)
+        return MemorySample(rss=anon, anon=anon)
+
+
+def _budget(limit=1000, base=100, **kw):
+    meter = _FakeMeter(base)
+    b = vs.MemoryBudget(limit, meter=meter, machine_limit=Limit("test", 10**12), **kw)
+    return b, meter
+
+
+def test_admission_evicts_global_lru_until_it_fits():
+    b, meter = _budget(1000, base=100, soft_fraction=0.8)
+    a, c = LruCache("a", b), LruCache("c", b)
+    meter.caches += [a, c]
+    for i in range(3):
+        b.admit(100)
+        a.put(i, object(), anon=100)
+        b.admit(100)
+        c.put(i, object(), anon=100)
+    assert meter.read().anon == 700 and b.stats.evictions == {}
+    a.get(0)  # a[0] is now the most recently used entry
+    b.admit(250)  # soft level 800: needs 150 freed -> c[0] and a[1] go (the two oldest), not a[0]
+    assert 0 in a and 1 not in a and 0 not in c and 1 in c
+    assert b.stats.evictions == {"c": 1, "a": 1} and b.stats.evicted_bytes == 200
+
+
+def test_above_soft_below_hard_is_allowed_when_nothing_to_evict():
+    b, _ = _budget(1000, base=700, soft_fraction=0.5)
+    b.admit(250)  # 950 <= 1000
+    assert b.stats.admitted == 1
+
+
+def test_refusal_names_limit_consumers_request_and_fix():
+    b, meter = _budget(1000, base=600)
+    cache = LruCache("index cache", b)
+    meter.caches.append(cache)
+    b.admit(100)
+    cache.put("w0", object(), anon=100)
+    with pytest.raises(vs.MemoryBudgetExceeded) as e:
+        b.admit(600, what="opening index of window 7")
+    msg = str(e.value)
+    assert isinstance(e.value, MemoryError)
+    for part in ("opening index of window 7 needs 600 B", "limit is 1000 B", "index cache: 100 B anonymous",
+                 "everything else", "to fix: raise the limit"):  # fmt: skip
+        assert part in msg, msg
+    assert "w0" in cache  # a request that can never fit does not empty the caches
+    b.admit(100)  # and the budget keeps working afterwards
+    assert b.report()["refused"] == 1
+
+
+def test_mapped_memory_is_soft():
+    b, _ = _budget(1000, base=0, mapped_limit=300)
+    cache = LruCache("maps", b)
+    for i in range(3):
+        b.admit(100, kind="mapped")
+        cache.put(i, object(), mapped=100)
+    b.admit(150, kind="mapped")  # evicts two mapped entries
+    assert list(cache._entries) == [2]
+    b.admit(5000, kind="mapped")  # larger than the limit: admitted, counted, never raised
+    assert b.stats.mapped_over_limit == 1 and len(cache) == 0
+
+
+def test_shrink_and_report():
+    b, meter = _budget(1000, base=0, soft_fraction=0.5)
+    cache = LruCache("w", b, on_evict=lambda v: v.append("closed"))
+    meter.caches.append(cache)
+    values = [[] for _ in range(8)]
+    for i, v in enumerate(values):
+        cache.put(i, v, anon=100)
+    assert b.shrink() == 3 and values[0] == ["closed"] and values[3] == []
+    r = b.report()
+    assert r["consumers"]["w"]["anon"] == 500 and r["evictions"] == {"w": 3} and r["peak_anon"] >= 800
+    assert "memory budget" in b.report_table()
+
+
+def test_max_entries_and_replacement():
+    closed = []
+    cache = LruCache("c", None, max_entries=2, on_evict=closed.append)
+    cache.put("a", "A")
+    cache.put("b", "B")
+    cache.get("a")
+    cache.put("c", "C")
+    assert closed == ["B"] and "a" in cache and "c" in cache
+    assert cache.get_or_load("d", lambda: ("D", 1, 0)) == "D" and cache.stats()["misses"] == 1
+
+
+def test_track_and_sampler_and_trim():
+    b = vs.MemoryBudget("11GB")
+    with b.track() as t:
+        x = np.ones(50_000_000 // 8)
+        del x
+    assert t.peak_anon > 0 and t.samples >= 2
+    b.start_sampler(0.01)
+    b.stop_sampler()
+    assert isinstance(malloc_trim(), bool)
+
+
+def test_anon_ceiling_fixture_can_fail(anon_ceiling):
+    with anon_ceiling(30e6):
+        np.ones(1_000_000)  # 8 MB
+    with pytest.raises(AssertionError, match="grew by"), anon_ceiling(30e6):
+        x = np.ones(10_000_000)  # 80 MB
+        x[:] = 2
+
+
+class _BudgetView(Dataset):
+    """Items report the budget's limit and meter as a worker process sees them."""
+
+    def __init__(self, budget):
+        self.budget = budget
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.budget.limit, type(self.budget.meter).__name__
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_shares(context):
+    budget = vs.MemoryBudget("9GB", machine_limit=Limit("test", 10**12))
+    loader = DataLoader(_BudgetView(budget), batch_size=None, num_workers=2, multiprocessing_context=context,
+                        worker_init_fn=budget.worker_init_fn())  # fmt: skip
+    seen = {(int(limit), meter) for limit, meter in loader}
+    assert seen == {(3 * GB, "PssMeter")}
+    assert budget.limit == 9 * GB and budget.share == 1.0  # the main process keeps the whole figure
+
+
+WORKLOAD = """
+import json, resource, sys
+import numpy as np
+import vcfstore as vs
+from vcfstore.meter import StatmMeter
+store = vs.open_store(sys.argv[1])
+_ = store.window_alleles(0)  # warm zarr's codecs and thread pool before taking the baseline
+base = StatmMeter().read().anon
+limit = base + int(float(sys.argv[2]))
+# A hard backstop below the machine: if the budget failed, the process would die, not the box.
+resource.setrlimit(resource.RLIMIT_DATA, (limit + 400_000_000, resource.RLIM_INFINITY))
+budget = vs.MemoryBudget(limit)
+cache = vs.WindowCache(store, budget)
+touched = 0
+for epoch in range(2):
+    for w in range(store.n_windows):
+        a = cache.alleles(w, rows=np.arange(0, store.n_haplotypes, 7))
+        touched += store.n_haplotypes * len(store.window_sites(w))
+        del a
+print(json.dumps({"limit": limit, "touched": touched, "report": budget.report()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory):
+    from vcfstore.simulate import TreeSequenceSource, simulate_panel
+
+    src = TreeSequenceSource(simulate_panel(1004, 6e6, seed=5))
+    return vs.build_store(src, tmp_path_factory.mktemp("wide") / "s", progress=False)
+
+
+def test_ceiling_holds_in_subprocess(wide_store):
+    """Iterate every window twice with room for a few decoded windows: peak RssAnon stays under."""
+    headroom = 12e6  # about 6 decoded windows of 2008 x 1028 alleles
+    run = run_measured([sys.executable, "-c", WORKLOAD, str(wide_store.path), str(headroom)], interval=0.001)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["touched"] > 5 * headroom  # the workload touches far more than the budget holds
+    assert out["report"]["evictions"]["decoded windows"] > 0
+    assert run.peak_anon < out["limit"], f"peak {run.peak_anon / 1e6:.1f} MB over limit {out['limit'] / 1e6:.1f} MB"
+
+
+def test_budget_too_small_for_one_window(wide_store):
+    budget = vs.MemoryBudget(vs.budget.StatmMeter().read().anon + 1_000_000)
+    cache = vs.WindowCache(wide_store, budget)
+    with pytest.raises(vs.MemoryBudgetExceeded, match=r"decoding window 3 \(decoded windows\) needs 1\.9\d MiB"):
+        cache.alleles(3)
+    big = vs.MemoryBudget("11GB")
+    assert vs.WindowCache(wide_store, big).alleles(3).shape[0] == 2008  # the process keeps working
