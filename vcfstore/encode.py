@@ -1,0 +1,65 @@
+"""Calling an embedding layer on store windows, and identifying its weights."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import VcfstoreError
+
+Embedding = Callable[..., torch.Tensor]
+
+
+def embedding_device(embedding: Embedding, device: str | torch.device | None = None) -> torch.device:
+    """Where to run ``embedding``: the given device, else where its parameters live, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(embedding, torch.nn.Module):
+        for p in embedding.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def embed(
+    embedding: Embedding,
+    tokens: np.ndarray | torch.Tensor,
+    af: np.ndarray | torch.Tensor,
+    *,
+    forward_kwargs: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """``embedding(tokens, af=af, **forward_kwargs)`` on ``device``, checked to be [n, L, D]."""
+    device = device or embedding_device(embedding)
+    t = torch.as_tensor(tokens, device=device, dtype=torch.long)
+    a = torch.as_tensor(af, device=device, dtype=torch.float32)
+    if a.ndim == 1:
+        a = a.expand(t.shape[0], -1)
+    out = embedding(t, af=a, **(forward_kwargs or {}))
+    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[:2] != t.shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise VcfstoreError(f"the embedding returned {shape}; expected [n, L, D] for tokens of shape {tuple(t.shape)}")
+    return out
+
+
+def embedding_digest(embedding: Embedding, weights_version: str | None = None) -> str:
+    """Identify the weights an index was built with: a user version, or a digest of the state dict.
+
+    Raises
+    ------
+    VcfstoreError
+        For a callable that is not a ``torch.nn.Module`` and no ``weights_version`` is given.
+    """
+    if weights_version is not None:
+        return f"user:{weights_version}"
+    if not isinstance(embedding, torch.nn.Module):
+        raise VcfstoreError("the embedding is not a torch.nn.Module: pass weights_version= to identify its weights")
+    h = hashlib.sha256()
+    for name, tensor in sorted(embedding.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()[:32]
