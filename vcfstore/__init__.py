@@ -19,7 +19,31 @@ from .vocab import Vocabulary
 from .window_cache import WindowCache
 from .windows import read_windows_csv
 
+# Torch-backed parts load on first use, so `import vcfstore` (and the CLI) stays light and no
+# torch or FAISS state exists in a process that only reads stores.
+_LAZY = {
+    "IndexSet": "faiss_disk",
+    "Retriever": "retrieval",
+    "TargetDataset": "data",
+    "WindowGroupedBatchSampler": "data",
+    "collate": "data",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'vcfstore' has no attribute {name!r}")
+
+
 __all__ = [
+    "IndexSet",
+    "Retriever",
+    "TargetDataset",
+    "WindowGroupedBatchSampler",
+    "collate",
     "ArraySource",
     "EpochMasks",
     "InputError",

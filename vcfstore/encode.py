@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,8 @@ def embed(
     """``embedding(tokens, af=af, **forward_kwargs)`` on ``device``, checked to be [n, L, D]."""
     device = device or embedding_device(embedding)
     t = torch.as_tensor(tokens, device=device, dtype=torch.long)
-    a = torch.as_tensor(af, device=device, dtype=torch.float32)
+    a = torch.as_tensor(np.array(af, dtype=np.float32) if isinstance(af, np.ndarray) else af, device=device)
+    a = a.float()
     if a.ndim == 1:
         a = a.expand(t.shape[0], -1)
     out = embedding(t, af=a, **(forward_kwargs or {}))
@@ -63,3 +65,24 @@ def embedding_digest(embedding: Embedding, weights_version: str | None = None) -
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def eval_mode(layer: Embedding) -> Iterator[None]:
+    """Put a module in eval mode (no dropout) for a block, then restore its mode."""
+    module = layer if isinstance(layer, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        yield
+    finally:
+        if module is not None and was_training:
+            module.train()
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy view (or copy from the device) of an array or tensor."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)

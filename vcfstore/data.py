@@ -1,0 +1,190 @@
+"""The PyTorch data path: a (sample, window) dataset, a window-grouped batch sampler, a collate.
+
+Everything here is fork- and spawn-safe: the dataset holds stores by path and opens Zarr lazily
+in the process that reads; no FAISS, Zarr or CUDA handle is created before workers start.
+Items are numbered window-major (``index = window * n_samples + sample``) so that batches of one
+window read the same chunks and hit the same cached window and index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, default_collate
+
+from .budget import MemoryBudget
+from .errors import VcfstoreError
+from .masks import MaskSchedule
+from .store import PanelStore
+from .window_cache import WindowCache
+
+IGNORE_INDEX = -100
+
+
+class TargetDataset(Dataset):
+    """Masked query haplotypes of a target panel, one item per (sample, window).
+
+    Parameters
+    ----------
+    target : PanelStore
+        The training cohort's panel (the same sites as the reference).
+    schedule : MaskSchedule
+        Masks per (window, epoch); drawn from the reference's AF so that queries and the
+        reference index of a window are masked identically in every process.
+    reference : PanelStore, optional
+        The reference panel (default: ``target``); its AF is the ``af`` of every item.
+    epoch, rate : int, float
+        The current epoch and curriculum rate (change with :meth:`set_epoch`).
+    budget : MemoryBudget, optional
+        Decoded windows are cached under it in each worker.
+
+    Items are dicts: ``hap_1``, ``hap_2`` (masked tokens, int64 [L]), ``label_1``, ``label_2``
+    (allele token ids at masked sites, -100 elsewhere), ``mask`` (bool [L]), ``af`` (float32
+    [L]), ``window_idx`` and ``sample_idx``.
+    """
+
+    def __init__(
+        self,
+        target: PanelStore,
+        schedule: MaskSchedule,
+        *,
+        reference: PanelStore | None = None,
+        epoch: int = 0,
+        rate: float = 0.3,
+        budget: MemoryBudget | None = None,
+    ) -> None:
+        self.target, self.reference = target, reference or target
+        if self.reference is not target:
+            if target.n_sites != self.reference.n_sites or not np.array_equal(
+                target.positions, self.reference.positions
+            ):
+                raise VcfstoreError("the target and reference stores must hold the same sites (positions differ)")
+            if not np.array_equal(target.windows, self.reference.windows):
+                raise VcfstoreError("the target and reference stores must have the same windows")
+        self.schedule, self.budget = schedule, budget
+        self.n_samples = target.n_haplotypes // 2
+        self.set_epoch(epoch, rate)
+        self._cache: WindowCache | None = None
+
+    def set_epoch(self, epoch: int, rate: float | None = None) -> None:
+        """Move to another epoch (and curriculum rate): masks change, deterministically."""
+        self.epoch = epoch
+        if rate is not None:
+            self.rate = rate
+
+    def __len__(self) -> int:
+        return self.n_samples * self.target.n_windows
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range [0, {len(self)})")
+        w, s = divmod(int(index), self.n_samples)
+        if self._cache is None:
+            self._cache = WindowCache(self.target, self.budget, max_windows=2)
+        mask = self.schedule.window_mask(self.reference, w, self.epoch, self.rate)
+        complete = self._cache.tokens(w, rows=np.array([2 * s, 2 * s + 1]))
+        masked = complete.copy()
+        masked[:, mask] = self.target.vocab.mask
+        labels = np.where(mask[None, :], complete, IGNORE_INDEX)
+        return {
+            "hap_1": torch.from_numpy(masked[0]),
+            "hap_2": torch.from_numpy(masked[1]),
+            "label_1": torch.from_numpy(labels[0]),
+            "label_2": torch.from_numpy(labels[1]),
+            "mask": torch.from_numpy(mask),
+            "af": torch.from_numpy(self.reference.window_af(w)),
+            "window_idx": w,
+            "sample_idx": s,
+        }
+
+
+class WindowGroupedBatchSampler(Sampler[list[int]]):
+    """Batches that never mix windows, all batches of a window together, reshuffled per epoch.
+
+    Window order and the order of samples within a window are drawn from ``seed`` and the
+    epoch (:meth:`set_epoch`). Under ``torch.distributed`` (or with ``rank``/``world_size``) each
+    rank takes every ``world_size``-th batch of the epoch's list, padded by repeating batches so
+    that all ranks run the same number of steps.
+
+    Parameters
+    ----------
+    n_samples, n_windows : int
+        The dataset's shape (items are numbered ``window * n_samples + sample``).
+    batch_size : int
+    seed : int
+    shuffle, drop_last : bool
+    rank, world_size : int, optional
+        Default: from ``torch.distributed`` when it is initialised, else 0 and 1.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        n_windows: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise VcfstoreError(f"batch_size must be at least 1, not {batch_size}")
+        self.n_samples, self.n_windows, self.batch_size = n_samples, n_windows, batch_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        if world_size is None:
+            dist = torch.distributed
+            initialised = dist.is_available() and dist.is_initialized()
+            world_size = dist.get_world_size() if initialised else 1
+            rank = dist.get_rank() if initialised else 0
+        self.rank, self.world_size = rank or 0, world_size
+        if not 0 <= self.rank < self.world_size:
+            raise VcfstoreError(f"rank {self.rank} is outside world size {self.world_size}")
+        self.epoch = 0
+
+    @classmethod
+    def for_dataset(cls, dataset: TargetDataset, batch_size: int, **kwargs: Any) -> WindowGroupedBatchSampler:
+        return cls(dataset.n_samples, dataset.target.n_windows, batch_size, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        windows = rng.permutation(self.n_windows) if self.shuffle else np.arange(self.n_windows)
+        batches = []
+        for w in windows:
+            samples = rng.permutation(self.n_samples) if self.shuffle else np.arange(self.n_samples)
+            for start in range(0, self.n_samples, self.batch_size):
+                chunk = samples[start : start + self.batch_size]
+                if len(chunk) < self.batch_size and self.drop_last:
+                    continue
+                batches.append((w * self.n_samples + chunk).tolist())
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        per_rank = math.ceil(len(batches) / self.world_size)
+        padded = batches + batches[: per_rank * self.world_size - len(batches)]
+        return iter(padded[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        per_window = (
+            self.n_samples // self.batch_size if self.drop_last else math.ceil(self.n_samples / self.batch_size)
+        )
+        return math.ceil(per_window * self.n_windows / self.world_size)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items into a batch on the CPU (workers never touch CUDA)."""
+    return default_collate(items)
