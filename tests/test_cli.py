@@ -72,12 +72,17 @@ def test_help_lists_commands():
 
 
 def test_demo_small(tmp_path):
-    r = CliRunner().invoke(main, ["demo", "--samples", "60", "--length", "1e6", "--out", str(tmp_path / "d")])
+    r = CliRunner().invoke(
+        main, ["demo", "--samples", "60", "--length", "1e6", "--out", str(tmp_path / "d"), "--train-steps", "12"]
+    )
     assert r.exit_code == 0, r.output
     assert "demo finished" in r.output and (tmp_path / "d" / "zarr.json").exists()
+    for step in ("4. retrieval under a memory budget", "requires_grad=True", "5. training", "masked-site accuracy"):
+        assert step in r.output
 
 
 def test_demo_on_vcf(real_data, tmp_path):
-    r = CliRunner().invoke(main, ["demo", "--vcf", str(real_data / "reference.vcf.gz"), "--out", str(tmp_path / "d")])
+    args = ["demo", "--vcf", str(real_data / "reference.vcf.gz"), "--out", str(tmp_path / "d"), "--train-steps", "0"]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "600" in r.output

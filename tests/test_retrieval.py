@@ -224,3 +224,12 @@ def test_dataset_checks_sites(sim_store, real_pair):
     ref, _ = real_pair
     with pytest.raises(vs.VcfstoreError, match="same sites"):
         vs.TargetDataset(sim_store, vs.MaskSchedule(1), reference=ref)
+
+
+def test_training_example_learns(tmp_path):
+    from vcfstore.train_example import split_panel, train
+
+    ref, tgt = split_panel(tmp_path, n_samples=120, length=1e6, target_samples=30)
+    r = train(ref, tgt, steps=40, workers=0, log_every=10, echo=lambda s: None)
+    assert r.steps == 40 and r.last_loss < 0.5 * r.first_loss and r.last_accuracy > r.first_accuracy
+    assert r.budget_report["refused"] == 0

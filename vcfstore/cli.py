@@ -152,12 +152,21 @@ def info(store_dir: Path, as_json: bool) -> None:
 @click.option("--samples", type=int, default=1004, show_default=True, help="Simulated diploid samples.")
 @click.option("--length", type=float, default=10e6, show_default=True, help="Simulated sequence length (bp).")
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--train-steps", type=int, default=60, show_default=True, help="Steps of the training run (0: skip).")
 @_user_errors
-def demo(vcf_path: Path | None, out_dir: Path | None, samples: int, length: float, seed: int) -> None:
-    """Simulate a realistic panel (msprime), build a store and show what was built."""
+def demo(vcf_path: Path | None, out_dir: Path | None, samples: int, length: float, seed: int, train_steps: int) -> None:
+    """Simulate a panel (msprime), build a store, retrieve under a memory budget, train briefly."""
     from .demo import run_demo
 
-    run_demo(vcf_path=vcf_path, out_dir=out_dir, n_samples=samples, sequence_length=length, seed=seed, echo=click.echo)
+    run_demo(
+        vcf_path=vcf_path,
+        out_dir=out_dir,
+        n_samples=samples,
+        sequence_length=length,
+        seed=seed,
+        train_steps=train_steps,
+        echo=click.echo,
+    )
     click.echo("demo finished")
 
 
