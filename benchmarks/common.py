@@ -62,3 +62,19 @@ def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None)
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=str) + "\n")
     return path
+
+
+def drop_page_cache(*paths: Path) -> None:
+    """Ask the kernel to drop cached pages of these files (and of files under these folders).
+
+    ``POSIX_FADV_DONTNEED`` drops clean, unmapped pages: enough for a cold first read without
+    root rights or dropping the whole machine's cache.
+    """
+    for root in paths:
+        files = [root] if Path(root).is_file() else [p for p in Path(root).rglob("*") if p.is_file()]
+        for p in files:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)

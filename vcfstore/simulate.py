@@ -78,3 +78,34 @@ class TreeSequenceSource:
         return haplotype_block(
             self.filter, [self.contig] * n, np.asarray(pos), [f"sim{p}" for p in pos], ["A"] * n, ["G"] * n, alleles
         )
+
+
+def simulate_reference_and_targets(
+    out: Any,
+    *,
+    n_reference: int,
+    n_target: int,
+    sequence_length: float,
+    seed: int = 11,
+    window_size: int = 1028,
+    max_seq_len: int = 1030,
+) -> tuple[Any, Any]:
+    """Simulate one population and store it as a reference panel and a target panel.
+
+    Both stores hold the same sites (monomorphic ones included) and the same windows, as a
+    training cohort and its reference panel must. Returns (reference, targets) stores, built in
+    ``out/reference.vcfstore`` and ``out/targets.vcfstore``.
+    """
+    from pathlib import Path
+
+    from .build import build_store
+
+    ts = simulate_panel(n_reference + n_target, sequence_length, seed=seed)
+    nodes = np.arange(ts.num_samples)
+    ref_ts = ts.simplify(samples=nodes[: 2 * n_reference], filter_sites=False)
+    tgt_ts = ts.simplify(samples=nodes[2 * n_reference :], filter_sites=False)
+    kwargs = {"window_size": window_size, "max_seq_len": max_seq_len, "progress": False, "force": True}
+    out = Path(out)
+    ref = build_store(TreeSequenceSource(ref_ts, name="reference"), out / "reference.vcfstore", **kwargs)
+    tgt = build_store(TreeSequenceSource(tgt_ts, name="targets"), out / "targets.vcfstore", **kwargs)
+    return ref, tgt

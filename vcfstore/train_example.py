@@ -21,13 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .budget import MemoryBudget
-from .build import build_store
 from .data import IGNORE_INDEX, TargetDataset, WindowGroupedBatchSampler, collate
 from .masks import MaskSchedule
 from .meter import PeakSampler
 from .models import PositionwiseEmbedding
 from .retrieval import Retriever
-from .simulate import TreeSequenceSource, simulate_panel
+from .simulate import simulate_reference_and_targets
 from .store import PanelStore
 
 
@@ -49,24 +48,18 @@ class TinyImputer(nn.Module):
 
 
 def split_panel(
-    out: Path,
-    *,
-    n_samples: int = 300,
-    length: float = 2e6,
-    target_samples: int = 60,
-    seed: int = 11,
-    window: int = 128,
+    out: Path, *, n_samples: int = 300, length: float = 2e6, target_samples: int = 60, seed: int = 11, window: int = 128
 ) -> tuple[PanelStore, PanelStore]:
-    """Simulate one panel and store its first samples as the reference, the rest as targets."""
-    ts = simulate_panel(n_samples, length, seed=seed)
-    n_ref = n_samples - target_samples
-    nodes = np.arange(ts.num_samples)
-    ref_ts = ts.simplify(samples=nodes[: 2 * n_ref], filter_sites=False)
-    tgt_ts = ts.simplify(samples=nodes[2 * n_ref :], filter_sites=False)
-    kwargs = {"window_size": window, "max_seq_len": window + 2, "progress": False, "force": True}
-    ref = build_store(TreeSequenceSource(ref_ts, name="reference"), out / "reference.vcfstore", **kwargs)
-    tgt = build_store(TreeSequenceSource(tgt_ts, name="targets"), out / "targets.vcfstore", **kwargs)
-    return ref, tgt
+    """The example's data: a simulated panel split into reference and target stores, small windows."""
+    return simulate_reference_and_targets(
+        out,
+        n_reference=n_samples - target_samples,
+        n_target=target_samples,
+        sequence_length=length,
+        seed=seed,
+        window_size=window,
+        max_seq_len=window + 2,
+    )
 
 
 @dataclass
