@@ -248,8 +248,14 @@ def _faiss_extras(vs: Any, ref: Any, tgt: Any, layer: Any, masks: Any, iset: Any
             _, got = s.search(w, x, k)
             # Tie-aware recall: a returned reference counts when its true distance is within the
             # exact k-th distance (many references tie in token space).
-            refs = {int(j): flat.reconstruct_n(int(j), 1)[0].astype(np.float64) for j in np.unique(got)}
-            true_d = np.array([[((refs[int(j)] - xi) ** 2).sum() for j in g] for g, xi in zip(got, x, strict=True)])
+            # (an IVF search can come back short: -1 entries count as misses)
+            refs = {int(j): flat.reconstruct_n(int(j), 1)[0].astype(np.float64) for j in np.unique(got) if j >= 0}
+            true_d = np.array(
+                [
+                    [((refs[int(j)] - xi) ** 2).sum() if j >= 0 else np.inf for j in g]
+                    for g, xi in zip(got, x, strict=True)
+                ]
+            )
             kth = exact_d[:, k - 1 : k] * (1 + 1e-4) + 1e-3
             extras["recall"].setdefault(kind, {})[f"recall@{k}"] = float((true_d <= kth).mean())
         extras["recall"][kind]["bytes"] = dir_bytes(d) - (d / "manifest.json").stat().st_size
