@@ -56,7 +56,7 @@ ADVICE = {
     "sequential": mmap.MADV_SEQUENTIAL,
     "willneed": mmap.MADV_WILLNEED,
 }
-DEFAULT_ADVICE = "normal"
+DEFAULT_ADVICE = "sequential"  # measured: cold first search 0.36 s vs 0.78 s normal, 4.7 s random
 
 
 class IndexSetError(VcfstoreError):

@@ -143,12 +143,12 @@ class Retriever:
         x = x.reshape(len(q), -1).float().cpu().numpy()
         atol = self.index_set.tie_tolerance(window, x)
         n_ref = self.store.n_haplotypes
-        want = min(n_ref, self.k + 16)
-        while True:  # widen until the ties at the k-th distance are all inside the candidates
-            d, i = self.index_set.search(window, x, want)
-            if want == n_ref or (d[:, -1:] > d[:, self.k - 1 : self.k] + atol).all():
-                break
-            want = min(n_ref, want * 4)
+        # A flat search costs one scan of the index whatever k is, so take a wide first net; if
+        # the ties at the k-th distance still run past it (identical haplotypes are common),
+        # the second and last scan returns every reference.
+        d, i = self.index_set.search(window, x, min(n_ref, self.k + 256))
+        if d.shape[1] < n_ref and not (d[:, -1:] > d[:, self.k - 1 : self.k] + atol).all():
+            d, i = self.index_set.search(window, x, n_ref)
         # Rank the candidates as the exact backend does: equal distances (to FAISS's float32
         # rounding) by lowest index.
         order = np.argsort(i, axis=1, kind="stable")
