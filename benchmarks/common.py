@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,6 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "date": time.strftime("%Y-%m-%d %H:%M:%S%z"),
     }
-
-
-def best_of(fn: Callable[[], object], repeat: int = 7) -> float:
-    """Best wall time of ``repeat`` calls, in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def dir_bytes(path: Path) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import RESULTS, dir_bytes, drop_page_cache, machine, write_result
+from .common import RESULTS, dir_bytes, drop_page_cache, write_result
 
 REAL_WINDOWS = 331
 REAL_HAPLOTYPES = 2008
@@ -96,6 +96,7 @@ def worker(design: str, cfg: dict[str, Any]) -> dict[str, Any]:
     ks = cfg["ks"]
     kmax = max(ks)
     state: dict[str, Any] = {}
+    windows_state: dict[int, dict[str, Any]] = {}
     t_build = 0.0
     if design == "disk":  # tokens of every window as int64 in RAM, as the first fix kept them
         tokens_all, t = _timed(lambda: [ref.window_tokens(w) for w in range(ref.n_windows)])
@@ -130,10 +131,13 @@ def worker(design: str, cfg: dict[str, Any]) -> dict[str, Any]:
         q = _queries(tgt, w, mask)
         af = ref.window_af(w)
         # -- per-window state that the design builds once (or, for design 1, every epoch) --
-        if design == "ram":
-            state.clear()
+        if design == "ram":  # every window's state stays in RAM, as in the original
             with _clock(times, "build"):
-                state.update(zip(("masked", "complete", "index"), _ram_window(layer, ref, w, mask, af), strict=True))
+                windows_state[w] = dict(
+                    zip(("masked", "complete", "index"), _ram_window(layer, ref, w, mask, af), strict=True)
+                )
+            state = windows_state[w]
+            out["state_bytes_per_window"] = state["masked"].nbytes * 3  # masked, complete, the index's copy
         if design == "disk":
             path = work / f"disk_{cfg['d']}_{w}.faiss"
             with _clock(times, "build"):
@@ -385,6 +389,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     name = "designs" + ("_quick" if args.quick else "")
     path = write_result(name, result, args.out)
+    result["machine"] = json.loads(path.read_text())["machine"]
     plot(result, args.out / f"{name}.png")
     print_summary(result)
     print(f"wrote {path} and {args.out / (name + '.png')}")
@@ -435,9 +440,10 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
                 },
                 "agreement_with_ram": _agreement(base, r) if base and "failed" not in base else None,
             }
-            per_window_ram = (r["peak_anon"] / n_win) if name == "ram" else None
+            # Design 1 holds every window: the measured peak plus the state of the windows not run.
+            per_window = r.get("state_bytes_per_window")
             row["extrapolated"] = {
-                "ram_all_windows_bytes": per_window_ram * REAL_WINDOWS if per_window_ram else None,
+                "ram_all_windows_bytes": r["peak_anon"] + per_window * (REAL_WINDOWS - n_win) if per_window else None,
                 "disk_all_windows_bytes": r["disk_bytes"] / max(n_win, 1) * REAL_WINDOWS if r["disk_bytes"] else 0,
                 "epoch_rebuild_s": r["build_s"] / n_win * REAL_WINDOWS if name in ("ram", "disk") else None,
                 "epoch_retrieval_s": (_mean(cold, "total") + (batches_per_window - 1) * _mean(warm, "total"))
@@ -543,6 +549,41 @@ def _print_extras(d: int, ex: dict[str, Any]) -> None:
     Console(width=170).print(t)
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The README's table: design | peak RAM | disk | per-batch retrieval | epoch | agreement."""
+    rows = [r for r in result["summary"] if "failed" not in r and not r.get("phase")]
+    lines = [
+        "| design | D | peak RAM, anonymous (measured) | peak RSS (measured) | disk, 331 windows (extrapolated) "
+        "| batch K=8 warm (x design 1) | batch K=8 cold (x design 1) | batch K=1 warm | epoch retrieval, 331 windows "
+        "(extrapolated) | index rebuild per epoch (extrapolated) | same neighbours as design 1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base = {r["d"]: r for r in rows if r["design"] == "ram"}
+    label = {
+        "ram": "1. in-RAM (original)",
+        "disk": "2. disk, unmapped",
+        "faiss": "3. vcfstore FAISS (mapped)",
+        "exact": "4. vcfstore exact",
+    }
+    for r in rows:
+        b = base.get(r["d"])
+        ex = r["extrapolated"]
+        ram_all = ex["ram_all_windows_bytes"]
+        ram = f"{r['peak_anon'] / 1e9:.2f} GB ({r['windows_measured']} window{'s' * (r['windows_measured'] > 1)})"
+        if ram_all:
+            ram += f"; {ram_all / 1e12:.2f} TB for 331 (extrapolated)"
+        rebuild = ex["epoch_rebuild_s"]
+        lines.append(
+            f"| {label[r['design']]} | {r['d']} | {ram} | {r['peak_rss'] / 1e9:.2f} GB | "
+            f"{ex['disk_all_windows_bytes'] / 1e9:,.0f} GB | "
+            f"{r['batch_k8_warm_s'] * 1e3:,.0f} ms ({r['batch_k8_warm_s'] / b['batch_k8_warm_s']:.2f}x) | "
+            f"{r['batch_k8_cold_s'] * 1e3:,.0f} ms ({r['batch_k8_cold_s'] / b['batch_k8_cold_s']:.2f}x) | "
+            f"{r['batch_k1_warm_s'] * 1e3:,.0f} ms | {ex['epoch_retrieval_s'] / 3600:.1f} h | "
+            f"{'-' if rebuild is None else f'{rebuild / 3600:.1f} h'} | {r['agreement_with_ram']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def _gb(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f} GB"
 
@@ -554,12 +595,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = {"ram": "#c44", "disk": "#d93", "faiss": "#39c", "exact": "#3a6"}
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     d_max = max(r["d"] for r in result["phase_a"])
     for r in result["phase_a"]:
-        if r["d"] == d_max and "timeline" in r and r["design"] != "faiss-extras":
+        if r["d"] == d_max and "timeline" in r and r["design"] in colors:
             tl = np.asarray(r["timeline"])
-            axes[0].plot(tl[:, 0], tl[:, 2] / 1e9, label=r["design"])
+            axes[0].plot(tl[:, 0], tl[:, 2] / 1e9, label=r["design"], color=colors[r["design"]])
     axes[0].set(title=f"anonymous memory over time (D={d_max})", xlabel="s", ylabel="GB")
     axes[0].legend()
     rows = [r for r in result["summary"] if "failed" not in r and not r.get("phase") and r["d"] == d_max]
@@ -572,13 +614,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
         "batch retrieval K=8, ms (warm / cold)": [r["batch_k8_warm_s"] * 1e3 for r in rows],
     }
     for ax, (title, values) in zip(axes[1:], bars.items(), strict=True):
-        ax.bar(names, values, color=["#c44", "#d93", "#39c", "#3a6"][: len(names)])
+        ax.bar(names, values, color=[colors[n] for n in names])
+        if title.startswith("disk"):
+            for x, r in enumerate(rows):
+                if not r["extrapolated"]["disk_all_windows_bytes"]:
+                    ax.annotate("no index files", (x, 1e-3), ha="center", va="bottom", fontsize=8)
         if "cold" in title:
             ax.scatter(names, [r["batch_k8_cold_s"] * 1e3 for r in rows], color="k", zorder=3, label="cold")
             ax.legend()
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
-    fig.suptitle(f"vcfstore retrieval designs: {machine()['cpu']}, {result['panel']['haplotypes']} haplotypes")
+    fig.suptitle(
+        f"vcfstore retrieval designs at D={d_max}: {result['machine']['cpu']}, "
+        f"{result['panel']['haplotypes']} haplotypes, {result['panel']['windows']} windows"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 import vcfstore as vs
+from vcfstore.meter import best_time
 from vcfstore.simulate import TreeSequenceSource, simulate_panel
 
-from .common import REAL_DATA, best_of, dir_bytes, write_result
+from .common import REAL_DATA, dir_bytes, write_result
 
 
 def _zarr_variant(path: Path, data: np.ndarray, chunks: tuple[int, int], codec: Any) -> int:
@@ -99,10 +100,10 @@ def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path)
     gt = zarr.open_group(str(vcz), mode="r")["call_genotype"]
     samples = np.unique(rows // 2)
     reads_ms = {
-        "vcfstore whole window": best_of(lambda: store.window_alleles(w)) * 1e3,
-        "vcfstore 16-row gather": best_of(lambda: store.window_alleles(w, rows)) * 1e3,
-        "vcf2zarr whole window": best_of(lambda: gt[sites.start : sites.stop]) * 1e3,
-        "vcf2zarr 16-row gather": best_of(lambda: gt.oindex[sites.start : sites.stop, samples]) * 1e3,
+        "vcfstore whole window": best_time(lambda: store.window_alleles(w)) * 1e3,
+        "vcfstore 16-row gather": best_time(lambda: store.window_alleles(w, rows)) * 1e3,
+        "vcf2zarr whole window": best_time(lambda: gt[sites.start : sites.stop]) * 1e3,
+        "vcf2zarr 16-row gather": best_time(lambda: gt.oindex[sites.start : sites.stop, samples]) * 1e3,
     }
     return {
         "panel": name,

@@ -77,8 +77,9 @@ def test_kinds_and_recall(sim_store, tmp_path, built):
     queries = refs[::9] + np.float32(0.05)
     _, exact = flat.search(2, queries, 8)
     for kind, floor in (("fp16", 0.99), ("SQ8", 0.9), ("IVF4,Flat", 0.5)):
-        s = IndexSet.build(sim_store, layer, tmp_path / kind.replace(",", "_"), masks, kind=kind, windows=[2],
-                           progress=False)  # fmt: skip
+        s = IndexSet.build(
+            sim_store, layer, tmp_path / kind.replace(",", "_"), masks, kind=kind, windows=[2], progress=False
+        )
         _, got = s.search(2, queries, 8)
         recall = np.mean([len(set(a) & set(b)) / 8 for a, b in zip(got, exact, strict=True)])
         assert recall >= floor, (kind, recall)
@@ -159,8 +160,12 @@ def test_rebuild_while_another_process_searches(sim_store, tmp_path):
     layer = _layer()
     masks = list(vs.MaskSchedule(3).at(sim_store, epoch=0, rate=0.4))
     s = IndexSet.build(sim_store, layer, tmp_path / "ix", masks, progress=False)
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "ix"), str(sim_store.path), "3"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(tmp_path / "ix"), str(sim_store.path), "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert reader.stdout.readline().strip() == "ready"
     masks[0] = vs.MaskSchedule(3).window_mask(sim_store, 0, epoch=9, rate=0.6)
     for _ in range(3):
@@ -298,3 +303,28 @@ def test_big_index_build_streams_and_opens_zero_copy(tmp_path):
         grew[how] = run.peak_anon - int(run.stdout.split()[-1])
     assert grew["vcfstore"] < 0.05 * size, grew
     assert grew["plain"] > 0.9 * size, grew  # the measurement can see a copy when there is one
+
+
+class _SearchInWorkers(torch.utils.data.Dataset):
+    """Each item searches window i's index from inside a DataLoader worker."""
+
+    def __init__(self, iset, queries):
+        self.iset, self.queries = iset, queries
+
+    def __len__(self):
+        return len(self.queries)
+
+    def __getitem__(self, i):
+        return self.iset.search(i, self.queries[i], 3)[1]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_index_set_in_dataloader_workers(built, sim_store, context):
+    iset, layer, masks = built
+    queries = [_encode(sim_store, layer, w, masks[w], rows=np.arange(4)) for w in range(4)]
+    expect = [iset.search(w, q, 3)[1] for w, q in enumerate(queries)]  # the parent has indexes open
+    loader = torch.utils.data.DataLoader(
+        _SearchInWorkers(iset, queries), batch_size=None, num_workers=2, multiprocessing_context=context
+    )
+    got = [np.asarray(x) for x in loader]
+    assert all((a == b).all() for a, b in zip(got, expect, strict=True))

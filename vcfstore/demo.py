@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .meter import best_time
+
 
 def run_demo(
     *,
@@ -50,11 +52,10 @@ def run_demo(
 
         echo("3. reading windows (what a training step does)")
         w = store.n_windows // 2
+        rows16 = np.arange(0, store.n_haplotypes, max(1, store.n_haplotypes // 16))[:16]
         timings = {
-            "whole window": _best_ms(lambda: store.window_alleles(w)),
-            "16-row gather": _best_ms(
-                lambda: store.window_alleles(w, rows=np.arange(0, store.n_haplotypes, store.n_haplotypes // 16)[:16])
-            ),
+            "whole window": best_time(lambda: store.window_alleles(w), 20) * 1e3,
+            "16-row gather": best_time(lambda: store.window_alleles(w, rows=rows16), 20) * 1e3,
         }
         for what, ms in timings.items():
             echo(f"   {what:14s} of window {w}: {ms:.2f} ms")
@@ -100,7 +101,7 @@ def _retrieval(store: Any, schedule: Any, w: int, echo: Callable[[str], None]) -
     mask = schedule.window_mask(store, w, epoch=0, rate=0.3)
     queries = store.window_tokens(w, rows=np.arange(48), mask=mask)
     retriever.search(w, queries)  # first call: verifies the layer is position-wise, caches the window
-    ms = _best_ms(lambda: retriever.search(w, queries), repeat=5)
+    ms = best_time(lambda: retriever.search(w, queries), repeat=5) * 1e3
     d, i = retriever.search(w, queries)
     echo(f"   48 queries (24 samples x 2 haplotypes), K=8, against {store.n_haplotypes} references: {ms:.1f} ms")
     echo(f"   query 0 -> references {i[0].tolist()} (distances {np.round(d[0], 1).tolist()})")
@@ -116,12 +117,3 @@ def _retrieval(store: Any, schedule: Any, w: int, echo: Callable[[str], None]) -
         f"(requires_grad={out['rag_emb_h1'].requires_grad})"
     )
     echo(budget.report_table().rstrip())
-
-
-def _best_ms(fn: Callable[[], object], repeat: int = 20) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
