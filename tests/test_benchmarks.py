@@ -9,15 +9,19 @@ import sys
 from tests.conftest import ROOT
 
 
-def test_designs_quick(tmp_path):
+def _run_quick(module: str, out) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.designs", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", module, "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_designs_quick(tmp_path):
+    _run_quick("benchmarks.designs", tmp_path)
     result = json.loads((tmp_path / "designs_quick.json").read_text())
     rows = [row for row in result["summary"] if not row.get("phase")]
     assert {row["design"] for row in rows} == {"ram", "disk", "faiss", "exact"}
@@ -27,13 +31,6 @@ def test_designs_quick(tmp_path):
 
 
 def test_storage_layout_quick(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.storage_layout", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
+    _run_quick("benchmarks.storage_layout", tmp_path)
     panel = json.loads((tmp_path / "storage_layout_quick.json").read_text())["panels"][0]
     assert panel["vcfstore_over_vcf2zarr"] < 1

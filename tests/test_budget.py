@@ -137,8 +137,13 @@ def test_refusal_names_limit_consumers_request_and_fix():
         b.admit(600, what="opening index of window 7")
     msg = str(e.value)
     assert isinstance(e.value, MemoryError)
-    for part in ("opening index of window 7 needs 600 B", "limit is 1000 B", "index cache: 100 B anonymous",
-                 "everything else", "to fix: raise the limit"):  # fmt: skip
+    for part in (
+        "opening index of window 7 needs 600 B",
+        "limit is 1000 B",
+        "index cache: 100 B anonymous",
+        "everything else",
+        "to fix: raise the limit",
+    ):
         assert part in msg, msg
     assert "w0" in cache  # a request that can never fit does not empty the caches
     b.admit(100)  # and the budget keeps working afterwards
@@ -216,8 +221,13 @@ class _BudgetView(Dataset):
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_worker_shares(context):
     budget = vs.MemoryBudget("9GB", machine_limit=Limit("test", 10**12))
-    loader = DataLoader(_BudgetView(budget), batch_size=None, num_workers=2, multiprocessing_context=context,
-                        worker_init_fn=budget.worker_init_fn())  # fmt: skip
+    loader = DataLoader(
+        _BudgetView(budget),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=context,
+        worker_init_fn=budget.worker_init_fn(),
+    )
     seen = {(int(limit), meter) for limit, meter in loader}
     assert seen == {(3 * GB, "PssMeter")}
     assert budget.limit == 9 * GB and budget.share == 1.0  # the main process keeps the whole figure

@@ -47,11 +47,17 @@ def _brute_force(store, layer, w, queries, k, query_af=None):
 @pytest.fixture(scope="module")
 def real_pair(real_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("real")
-    ref = vs.build_store(vs.VcfSource(real_data / "reference.vcf.gz"), d / "ref", progress=False, window_size=400,
-                         max_seq_len=402)  # fmt: skip
+    ref = vs.build_store(
+        vs.VcfSource(real_data / "reference.vcf.gz"), d / "ref", progress=False, window_size=400, max_seq_len=402
+    )
     policy = vs.InputPolicy(unphased="keep")
-    tgt = vs.build_store(vs.VcfSource(real_data / "unphased.vcf.gz", policy=policy), d / "tgt", progress=False,
-                         window_size=400, max_seq_len=402)  # fmt: skip
+    tgt = vs.build_store(
+        vs.VcfSource(real_data / "unphased.vcf.gz", policy=policy),
+        d / "tgt",
+        progress=False,
+        window_size=400,
+        max_seq_len=402,
+    )
     return ref, tgt
 
 
@@ -121,9 +127,12 @@ def test_non_positionwise_layer(sim_store, tmp_path):
 
 def _batch(store, rows, w, mask):
     t = store.window_tokens(w, rows=rows, mask=mask)
-    return {"hap_1": torch.as_tensor(t[0::2]), "hap_2": torch.as_tensor(t[1::2]),
-            "af": torch.as_tensor(np.tile(store.window_af(w), (len(rows) // 2, 1))),
-            "window_idx": torch.full((len(rows) // 2,), w)}  # fmt: skip
+    return {
+        "hap_1": torch.as_tensor(t[0::2]),
+        "hap_2": torch.as_tensor(t[1::2]),
+        "af": torch.as_tensor(np.tile(store.window_af(w), (len(rows) // 2, 1))),
+        "window_idx": torch.full((len(rows) // 2,), w),
+    }
 
 
 class _Counting(torch.nn.Module):
@@ -150,8 +159,10 @@ def test_augment_shapes_gradients_and_lazy_encoding(sim_store):
     assert out["rag_emb_h1"].shape == (10, 3, 1030, 4) and out["rag_emb_h1"].dtype == torch.float32
     assert out["rag_idx_h2"].shape == (10, 3)
     encoded = sum(r for r in layer.rows if r > 3)  # table rows are 3 a window; the rest are references
-    unique = sum(len(np.unique(torch.cat([out["rag_idx_h1"][m], out["rag_idx_h2"][m]]).numpy()))
-                 for m in (slice(0, 6), slice(6, 10)))  # fmt: skip
+    unique = sum(
+        len(np.unique(torch.cat([out["rag_idx_h1"][m], out["rag_idx_h2"][m]]).numpy()))
+        for m in (slice(0, 6), slice(6, 10))
+    )
     assert encoded == unique <= 2 * 10 * 3
     # the embeddings are those of the complete rows retrieved
     row = int(out["rag_idx_h1"][7, 1])
@@ -197,8 +208,9 @@ def test_sampler_groups_windows_shuffles_and_shards():
 
 def _loader(ds, workers, context=None):
     sampler = vs.WindowGroupedBatchSampler.for_dataset(ds, 6, seed=3, world_size=1, rank=0)
-    return DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=vs.collate,
-                      multiprocessing_context=context)  # fmt: skip
+    return DataLoader(
+        ds, batch_sampler=sampler, num_workers=workers, collate_fn=vs.collate, multiprocessing_context=context
+    )
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")

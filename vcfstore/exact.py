@@ -188,8 +188,16 @@ class ExactSearcher:
         """
         n_sites = alleles.shape[1]
         same_af = query_af is None or np.array_equal(query_af, ref_af)
-        tables = window_tables(self.layer, n_sites, max_seq_len, vocab, ref_af, None if same_af else query_af,
-                               self.forward_kwargs, self.device)  # fmt: skip
+        tables = window_tables(
+            self.layer,
+            n_sites,
+            max_seq_len,
+            vocab,
+            ref_af,
+            None if same_af else query_af,
+            self.forward_kwargs,
+            self.device,
+        )
         if id(self.layer) not in self._verified:
             check_positionwise(self.layer, tables, max_seq_len, vocab, ref_af, self.forward_kwargs, self.device)
             self._verified.add(id(self.layer))

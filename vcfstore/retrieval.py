@@ -110,14 +110,28 @@ class Retriever:
         if self._backend is None:
             self._backend = self._choose(window, q, ref_af, qaf)
         if self._backend == "exact":
-            return self.exact.search(self.windows.alleles(window), q, self.k, max_seq_len=L, vocab=self.store.vocab,
-                                     ref_af=ref_af, query_af=qaf)  # fmt: skip
+            return self.exact.search(
+                self.windows.alleles(window),
+                q,
+                self.k,
+                max_seq_len=L,
+                vocab=self.store.vocab,
+                ref_af=ref_af,
+                query_af=qaf,
+            )
         return self._faiss_search(window, q, qaf if qaf is not None else ref_af)
 
     def _choose(self, window: int, q: np.ndarray, ref_af: np.ndarray, qaf: np.ndarray | None) -> str:
         try:
-            self.exact.search(self.windows.alleles(window), q[:1], 1, max_seq_len=self.store.max_seq_len,
-                              vocab=self.store.vocab, ref_af=ref_af, query_af=qaf)  # fmt: skip
+            self.exact.search(
+                self.windows.alleles(window),
+                q[:1],
+                1,
+                max_seq_len=self.store.max_seq_len,
+                vocab=self.store.vocab,
+                ref_af=ref_af,
+                query_af=qaf,
+            )
             return "exact"
         except NotPositionwiseError:
             if self.index_set is None:
@@ -184,8 +198,9 @@ class Retriever:
             idx[0, members], idx[1, members] = found[: len(members)], found[len(members) :]
             uniq, inverse = np.unique(found, return_inverse=True)
             tokens = self.windows.tokens(int(w), rows=uniq)  # complete (unmasked) tokens
-            emb = embed(self.layer, tokens, self.store.window_af(int(w)), forward_kwargs=self.forward_kwargs,
-                        device=self.device)  # fmt: skip
+            emb = embed(
+                self.layer, tokens, self.store.window_af(int(w)), forward_kwargs=self.forward_kwargs, device=self.device
+            )
             pieces.append((members, emb, inverse.reshape(found.shape)))
         L, D = pieces[0][1].shape[1:]
         out = torch.zeros((2, B, self.k, L, D), dtype=torch.float32, device=self.device)
@@ -196,6 +211,7 @@ class Retriever:
             out[0, m] = gathered[:n]
             out[1, m] = gathered[n:]
         result = dict(batch)
-        result.update(rag_emb_h1=out[0], rag_emb_h2=out[1], rag_idx_h1=torch.as_tensor(idx[0]),
-                      rag_idx_h2=torch.as_tensor(idx[1]))  # fmt: skip
+        result.update(
+            rag_emb_h1=out[0], rag_emb_h2=out[1], rag_idx_h1=torch.as_tensor(idx[0]), rag_idx_h2=torch.as_tensor(idx[1])
+        )
         return result
