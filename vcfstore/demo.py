@@ -97,19 +97,23 @@ def _retrieval(store: Any, schedule: Any, w: int, echo: Callable[[str], None]) -
     budget = MemoryBudget("2GB")
     torch.manual_seed(0)
     layer = PositionwiseEmbedding(d_model=192, max_len=store.max_seq_len)
-    retriever = Retriever(store, layer, k=8, backend="exact", budget=budget)
+    k, n_samples = min(8, store.n_haplotypes), min(24, store.n_haplotypes // 2)
+    retriever = Retriever(store, layer, k=k, backend="exact", budget=budget)
     mask = schedule.window_mask(store, w, epoch=0, rate=0.3)
-    queries = store.window_tokens(w, rows=np.arange(48), mask=mask)
+    queries = store.window_tokens(w, rows=np.arange(2 * n_samples), mask=mask)
     retriever.search(w, queries)  # first call: verifies the layer is position-wise, caches the window
     ms = best_time(lambda: retriever.search(w, queries), repeat=5) * 1e3
     d, i = retriever.search(w, queries)
-    echo(f"   48 queries (24 samples x 2 haplotypes), K=8, against {store.n_haplotypes} references: {ms:.1f} ms")
+    echo(
+        f"   {2 * n_samples} queries ({n_samples} samples x 2 haplotypes), K={k}, against {store.n_haplotypes} "
+        f"references: {ms:.1f} ms"
+    )
     echo(f"   query 0 -> references {i[0].tolist()} (distances {np.round(d[0], 1).tolist()})")
     batch = {
         "hap_1": torch.as_tensor(queries[0::2]),
         "hap_2": torch.as_tensor(queries[1::2]),
-        "af": torch.as_tensor(np.tile(store.window_af(w), (24, 1))),
-        "window_idx": torch.full((24,), w),
+        "af": torch.as_tensor(np.tile(store.window_af(w), (n_samples, 1))),
+        "window_idx": torch.full((n_samples,), w),
     }
     out = retriever.augment(batch)
     echo(
