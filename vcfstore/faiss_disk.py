@@ -31,6 +31,7 @@ import json
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -75,6 +76,28 @@ def _faiss() -> Any:
     import faiss
 
     return faiss
+
+
+# A child forked from a process that had FAISS loaded inherits libgomp's state with a thread
+# pool that no longer exists, and its first parallel search can hang (measured here: a DataLoader
+# fork worker searching an index the parent had searched never returned). Such a child searches
+# on one thread; spawned or forkserver workers start clean and keep OpenMP's threads.
+_FORKED_WITH_FAISS = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED_WITH_FAISS
+    _FORKED_WITH_FAISS = _FORKED_WITH_FAISS or "faiss" in sys.modules
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _set_threads(requested: int | None) -> None:
+    if _FORKED_WITH_FAISS:
+        _faiss().omp_set_num_threads(1)
+    elif requested is not None:
+        _faiss().omp_set_num_threads(requested)
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,7 +499,8 @@ class IndexSet:
         max_open : int, optional
             A count limit on open indexes on top of the budget.
         omp_threads : int, optional
-            FAISS OpenMP threads for searches.
+            FAISS OpenMP threads for searches. A process forked from one that had FAISS loaded
+            (a DataLoader fork worker) always searches on one thread: libgomp can hang there.
         advice : {"normal", "sequential", "willneed", "random"}
             How to re-advise mapped indexes after opening (FAISS leaves them "random").
         gpu : bool
@@ -567,8 +591,7 @@ class IndexSet:
         index = self.index(window)
         if not 1 <= k <= index.ntotal:
             raise IndexSetError(f"k must be in [1, {index.ntotal}], not {k}")
-        if self.omp_threads is not None:
-            _faiss().omp_set_num_threads(self.omp_threads)
+        _set_threads(self.omp_threads)
         return index.search(x, k)
 
     def tie_tolerance(self, window: int, queries: np.ndarray) -> np.ndarray:
@@ -669,20 +692,25 @@ class _Builder:
         n = self.store.n_haplotypes
         max_norm2 = 0.0  # the largest squared norm: bounds FAISS's rounding of distances
         if template is not None:
+            digest = hashlib.sha256()  # hashed as written: reading a 1.6 GB file back costs ~1 s
             with open(tmp, "wb") as f:
-                f.write(template.header_for(n))
-                written = 0
+
+                def put(data: bytes | np.ndarray) -> None:
+                    f.write(data)  # arrays go out through the buffer protocol, without a copy
+                    digest.update(data)
+
+                put(template.header_for(n))
                 for x in _chain(first, chunks):
                     max_norm2 = max(max_norm2, _max_norm2(x))
                     codes = index.sa_encode(x)
-                    f.write(codes.tobytes())
-                    written += len(x)
+                    put(codes)
                     # Batches are large, short-lived and of varying sizes: without a trim glibc
                     # keeps the freed memory (measured: +124 MB over a 214 MB index build).
                     malloc_trim()
-                f.write(template.trailer)
+                put(template.trailer)
                 f.flush()
                 os.fsync(f.fileno())
+            sha256 = digest.hexdigest()
             _check_streamed(tmp, n, dim, codes[-1:], index)
         else:
             for x in _chain(first, chunks):
@@ -691,6 +719,7 @@ class _Builder:
             faiss.write_index(index, str(tmp))
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            sha256 = _file_sha256(tmp)
         os.replace(tmp, path)  # never truncate a file a reader may have mapped
         _fsync_dir(path.parent)
         return {
@@ -699,7 +728,7 @@ class _Builder:
             "dim": dim,
             "mappable": mappable,
             "size": path.stat().st_size,
-            "sha256": _file_sha256(path),
+            "sha256": sha256,
             "head_sha256": _head_sha256(path),
             "max_norm2": max_norm2,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
