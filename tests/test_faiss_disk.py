@@ -328,3 +328,15 @@ def test_index_set_in_dataloader_workers(built, sim_store, context):
     )
     got = [np.asarray(x) for x in loader]
     assert all((a == b).all() for a, b in zip(got, expect, strict=True))
+
+
+def test_parallel_build_writes_the_same_files(sim_store, tmp_path):
+    layer = _layer()
+    layer.train()  # build must use eval mode (no dropout) in every thread, and restore the mode
+    masks = vs.MaskSchedule(3).at(sim_store, 0, 0.4)
+    one = IndexSet.build(sim_store, layer, tmp_path / "one", masks, progress=False, workers=1)
+    two = IndexSet.build(sim_store, layer, tmp_path / "two", masks, progress=False, workers=3)
+    assert [one.entry(w).sha256 for w in range(sim_store.n_windows)] == [
+        two.entry(w).sha256 for w in range(sim_store.n_windows)
+    ]
+    assert layer.training

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,6 +360,7 @@ class IndexSet:
         batch_rows: int = 64,
         device: Any = None,
         budget: MemoryBudget | None = None,
+        workers: int = 1,
         progress: bool = True,
     ) -> IndexSet:
         """Write (or resume writing) one index per window of ``store``.
@@ -384,6 +386,10 @@ class IndexSet:
             ``12 * batch_rows * L * D * 4`` bytes with VCF-Bert's layer (measured; the layer's
             intermediates dominate), whatever the number of haplotypes; kinds that cannot stream
             (IVF, HNSW) also hold one window's index.
+
+        workers : int
+            Windows built at once, in threads: encoding one window overlaps writing and hashing
+            another (each worker holds its own batch, so peak memory grows with it).
 
         Returns
         -------
@@ -415,34 +421,51 @@ class IndexSet:
             }
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), unit=" windows", desc=f"indexing {directory.name}", disable=not progress)
-        written = 0
-        for w in todo:
-            mask = np.asarray(masks[w], dtype=bool)
+        def valid(w: int) -> bool:  # written by an earlier (perhaps killed) build with these inputs
             e = manifest["windows"].get(str(w))
-            if (
+            path = directory / e["file"] if e is not None else None
+            return bool(
                 e is not None
                 and e["weights"] == weights
-                and e["mask_bits"] == _pack_mask(mask)
-                and ((directory / e["file"]).is_file() and (directory / e["file"]).stat().st_size == e["size"])
-            ):
-                bar.update(1)
-                continue  # resumed: this window's index is valid
+                and e["mask_bits"] == _pack_mask(np.asarray(masks[w], dtype=bool))
+                and path.is_file()
+                and path.stat().st_size == e["size"]
+            )
+
+        pending = [w for w in todo if not valid(w)]
+        bar = tqdm(total=len(todo), unit=" windows", desc=f"indexing {directory.name}", disable=not progress)
+        bar.update(len(todo) - len(pending))
+        lock = threading.Lock()
+        written = 0
+
+        def one(w: int) -> None:
+            nonlocal written
+            mask = np.asarray(masks[w], dtype=bool)
             entry = builder.write(w, mask, directory / _window_file(w))
-            manifest["dim"] = entry.pop("dim")
-            manifest["mappable"] = entry.pop("mappable")
-            manifest["windows"][str(w)] = {
-                **entry,
-                "dim": manifest["dim"],
-                "window": w,
-                "mask_version": version,
-                "mask_bits": _pack_mask(mask),
-                "weights": weights,
-            }
-            _atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
-            written += entry["size"]
-            bar.set_postfix_str(f"{written / 1e6:,.0f} MB written")
-            bar.update(1)
+            with lock:  # the manifest is rewritten atomically after every window, in any order
+                manifest["dim"] = entry.pop("dim")
+                manifest["mappable"] = entry.pop("mappable")
+                manifest["windows"][str(w)] = {
+                    **entry,
+                    "dim": manifest["dim"],
+                    "window": w,
+                    "mask_version": version,
+                    "mask_bits": _pack_mask(mask),
+                    "weights": weights,
+                }
+                _atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
+                written += entry["size"]
+                bar.set_postfix_str(f"{written / 1e6:,.0f} MB written")
+                bar.update(1)
+
+        # Eval mode once for the whole build: threads toggling it per window would race.
+        with eval_mode(embedding):
+            if workers <= 1 or len(pending) <= 1:
+                for w in pending:
+                    one(w)
+            else:
+                with ThreadPoolExecutor(workers, thread_name_prefix="vcfstore-index") as pool:
+                    list(pool.map(one, pending))
         bar.close()
         return cls(directory, store, manifest, budget)
 
@@ -661,7 +684,7 @@ class _Builder:
         import torch
 
         af = self.store.window_af(w)
-        with torch.no_grad(), eval_mode(self.embedding):
+        with torch.no_grad():  # IndexSet.build holds the layer in eval mode
             for start in range(0, self.store.n_haplotypes, self.batch_rows):
                 rows = np.arange(start, min(start + self.batch_rows, self.store.n_haplotypes))
                 tokens = self.store.window_tokens(w, rows=rows, mask=mask)
