@@ -95,7 +95,7 @@ class _FakeMeter:
         self.caches: list[LruCache] = []
 
     def read(self) -> MemorySample:
-        anon = self.base + sum(c.usage()[0] for c in self.caches)
+        anon = self.base + sum(c.usage()["anon"] for c in self.caches)
         return MemorySample(rss=anon, anon=anon)
 
 
@@ -183,7 +183,7 @@ def test_max_entries_and_replacement():
     cache.get("a")
     cache.put("c", "C")
     assert closed == ["B"] and "a" in cache and "c" in cache
-    assert cache.get_or_load("d", lambda: ("D", 1, 0)) == "D" and cache.stats()["misses"] == 1
+    assert cache.get_or_load("d", lambda: ("D", {"anon": 1})) == "D" and cache.stats()["misses"] == 1
 
 
 def test_track_and_sampler_and_trim():
@@ -282,3 +282,16 @@ def test_budget_too_small_for_one_window(wide_store):
         cache.alleles(3)
     big = vs.MemoryBudget("11GB")
     assert vs.WindowCache(wide_store, big).alleles(3).shape[0] == 2008  # the process keeps working
+
+
+def test_gpu_memory_is_hard_and_evicts_gpu_entries():
+    b, _ = _budget(10**9, base=0, gpu_limit=250)
+    cache = LruCache("gpu indexes", b)
+    for i in range(2):
+        b.admit(100, kind="gpu")
+        cache.put(i, object(), gpu=100)
+    b.admit(100, kind="gpu")  # 300 > 250: the least recently used GPU entry goes
+    assert list(cache._entries) == [1] and b.report()["evictions"] == {"gpu indexes": 1}
+    with pytest.raises(vs.MemoryBudgetExceeded, match="GPU limit"):
+        b.admit(300, kind="gpu")
+    assert b.report()["gpu"] == 100 and b.report()["peak_gpu"] == 200

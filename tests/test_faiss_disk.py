@@ -340,3 +340,32 @@ def test_parallel_build_writes_the_same_files(sim_store, tmp_path):
         two.entry(w).sha256 for w in range(sim_store.n_windows)
     ]
     assert layer.training
+
+
+def test_gpu_path_accounts_gpu_memory(built, sim_store, monkeypatch):
+    """The GPU path with a stand-in for faiss-gpu (no GPU here): copies are admitted as GPU bytes."""
+    iset, layer, masks = built
+    copies = []
+
+    def to_gpu(res, device, index):
+        copies.append(device)
+        return faiss.clone_index(index)  # an in-memory copy stands in for the device copy
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    size = iset.entry(0).size
+    budget = vs.MemoryBudget("11GB", gpu_limit=int(2.5 * size))
+    gpu = IndexSet.open(iset.directory, sim_store, budget, gpu=True)
+    q = _encode(sim_store, layer, 0, masks[0], rows=np.arange(3))
+    for w in range(5):
+        assert (
+            gpu.search(w, _encode(sim_store, layer, w, masks[w], rows=np.arange(3)), 2)[1]
+            == iset.search(w, _encode(sim_store, layer, w, masks[w], rows=np.arange(3)), 2)[1]
+        ).all()
+    r = budget.report()
+    assert copies == [0] * 5 and r["peak_gpu"] <= 2.5 * size and r["evictions"]["faiss indexes"] == 3
+    assert r["consumers"]["faiss indexes"]["mapped"] == 0 and r["consumers"]["faiss indexes"]["gpu"] == 2 * size
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    with pytest.warns(UserWarning, match="searching on the CPU"):
+        IndexSet.open(iset.directory, sim_store, gpu=True).search(0, q, 1)

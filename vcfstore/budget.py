@@ -42,6 +42,7 @@ from .limits import Limit, effective_machine_limit, parse_size
 from .meter import MemorySample, PeakSampler, StatmMeter
 
 DEFAULT_LIMIT = "11GB"
+KINDS = ("anon", "mapped", "gpu")
 
 # Monotonic use counter shared by every cache of the process: LRU order across consumers.
 _TICK = itertools.count()
@@ -63,12 +64,12 @@ class Consumer(Protocol):
 
     name: str
 
-    def usage(self) -> tuple[int, int]:
-        """(anonymous bytes, mapped bytes) held now."""
+    def usage(self) -> dict[str, int]:
+        """Bytes held now, by kind: ``{"anon": ..., "mapped": ..., "gpu": ...}``."""
         ...
 
     def oldest(self, kind: str) -> int | None:
-        """Use tick of the least recently used entry holding ``kind`` ("anon"/"mapped") memory."""
+        """Use tick of the least recently used entry holding ``kind`` memory (one of :data:`KINDS`)."""
         ...
 
     def evict_oldest(self, kind: str) -> int:
@@ -129,6 +130,7 @@ class _Stats:
     evicted_bytes: int = 0
     peak_anon: int = 0
     peak_mapped: int = 0
+    peak_gpu: int = 0
     mapped_over_limit: int = 0
 
 
@@ -143,6 +145,8 @@ class MemoryBudget:
         cgroup limit on the process and physical RAM.
     mapped_limit : int or str, optional
         Soft ceiling on the consumers' mapped bytes (default: the limit).
+    gpu_limit : int or str, optional
+        Hard ceiling on the consumers' GPU bytes (indexes copied to the GPU); None: no ceiling.
     soft_fraction : float
         Above this fraction of the limit, admissions evict LRU entries first.
     meter : object with ``read() -> MemorySample``, optional
@@ -156,6 +160,7 @@ class MemoryBudget:
         limit: int | str = DEFAULT_LIMIT,
         *,
         mapped_limit: int | str | None = None,
+        gpu_limit: int | str | None = None,
         soft_fraction: float = 0.8,
         meter: Any = None,
         machine_limit: Limit | None = None,
@@ -172,6 +177,7 @@ class MemoryBudget:
             if mapped_limit is not None
             else self._limit
         )
+        self.gpu_limit = None if gpu_limit is None else parse_size(gpu_limit, machine_limit=self.machine_limit.nbytes)
         if not 0 < soft_fraction <= 1:
             raise VcfstoreError(f"soft_fraction must be in (0, 1], not {soft_fraction}")
         self.soft_fraction = soft_fraction
@@ -215,10 +221,14 @@ class MemoryBudget:
     def measure(self) -> tuple[int, int]:
         """(anonymous bytes of the process, mapped bytes held by consumers), updating peaks."""
         anon = self.meter.read().anon
-        mapped = sum(c.usage()[1] for c in self.consumers)
+        mapped = self.held("mapped")
         self.stats.peak_anon = max(self.stats.peak_anon, anon)
         self.stats.peak_mapped = max(self.stats.peak_mapped, mapped)
         return anon, mapped
+
+    def held(self, kind: str) -> int:
+        """Bytes of ``kind`` memory that the registered consumers hold."""
+        return sum(c.usage()[kind] for c in self.consumers)
 
     # --- consumers -------------------------------------------------------------------------
     def register(self, consumer: Consumer) -> None:
@@ -249,27 +259,38 @@ class MemoryBudget:
 
     # --- admission -------------------------------------------------------------------------
     def admit(self, nbytes: int, *, kind: str = "anon", what: str = "an allocation") -> None:
-        """Make room for ``nbytes`` of ``kind`` memory ("anon" or "mapped") before allocating it.
+        """Make room for ``nbytes`` of ``kind`` memory ("anon", "mapped" or "gpu") before allocating it.
 
-        Evicts least-recently-used entries until the request fits under the soft level (anon)
-        or the mapped limit (mapped). Anonymous requests that cannot fit under the hard limit
-        with nothing left to evict raise :class:`MemoryBudgetExceeded`; mapped requests never
-        raise (mapped pages are reclaimable) and are counted as over the limit instead.
+        Evicts least-recently-used entries of that kind until the request fits: under the soft
+        level (anon), the mapped limit (mapped) or the GPU limit (gpu). Anonymous and GPU requests
+        that cannot fit under their hard limit with nothing left to evict raise
+        :class:`MemoryBudgetExceeded`; mapped requests never raise (mapped pages are reclaimable)
+        and are counted as over the limit instead.
         """
-        if kind not in ("anon", "mapped"):
-            raise VcfstoreError(f"kind must be 'anon' or 'mapped', not {kind!r}")
+        if kind not in KINDS:
+            raise VcfstoreError(f"kind must be one of {KINDS}, not {kind!r}")
         nbytes = int(nbytes)
         with self._lock:
             if kind == "anon":
                 anon, _ = self.measure()
-                floor = anon - sum(c.usage()[0] for c in self.consumers)
-                if floor + nbytes > self.limit:  # cannot fit even with every cache emptied
+                if anon - self.held("anon") + nbytes > self.limit:  # cannot fit with every cache emptied
                     self.stats.refused += 1
                     raise MemoryBudgetExceeded(self._refusal(nbytes, what, anon))
+            if kind == "gpu" and self.gpu_limit is not None and nbytes > self.gpu_limit:
+                self.stats.refused += 1
+                raise MemoryBudgetExceeded(
+                    f"memory budget exceeded: {what} needs {_fmt(nbytes)} of GPU memory, more than the GPU limit of "
+                    f"{_fmt(self.gpu_limit)}; raise gpu_limit, use a smaller index kind (fp16), or search on the CPU"
+                )
             while True:
                 anon, mapped = self.measure()
                 if kind == "mapped":
                     fits = mapped + nbytes <= self.mapped_limit
+                elif kind == "gpu":
+                    gpu = self.held("gpu")
+                    fits = self.gpu_limit is None or gpu + nbytes <= self.gpu_limit
+                    if fits:
+                        self.stats.peak_gpu = max(self.stats.peak_gpu, gpu + nbytes)
                 else:
                     fits = anon + nbytes <= self.soft_limit
                 if fits:
@@ -281,7 +302,7 @@ class MemoryBudget:
                 if kind == "mapped":
                     self.stats.mapped_over_limit += 1
                     break
-                if anon + nbytes <= self.limit:
+                if kind == "anon" and anon + nbytes <= self.limit:
                     break  # above the soft level, below the hard one: allowed
                 self.stats.refused += 1
                 raise MemoryBudgetExceeded(self._refusal(nbytes, what, anon))
@@ -304,12 +325,12 @@ class MemoryBudget:
             f"({self._limit_text()}), even with every cache emptied.",
             "usage by consumer:",
         ]
-        held = 0
         for c in self.consumers:
-            a, m = c.usage()
-            held += a
-            lines.append(f"  {c.name}: {_fmt(a)} anonymous, {_fmt(m)} mapped")
-        lines.append(f"  everything else (interpreter, model, batches): {_fmt(max(0, anon - held))} anonymous")
+            u = c.usage()
+            lines.append(f"  {c.name}: {_fmt(u['anon'])} anonymous, {_fmt(u['mapped'])} mapped, {_fmt(u['gpu'])} GPU")
+        lines.append(
+            f"  everything else (interpreter, model, batches): {_fmt(max(0, anon - self.held('anon')))} anonymous"
+        )
         lines.append(
             "to fix: raise the limit (MemoryBudget(limit=...)), lower the batch size or index size "
             "(an fp16 or PQ index kind, or the exact backend), or use fewer DataLoader workers "
@@ -344,16 +365,16 @@ class MemoryBudget:
     def report(self) -> dict[str, Any]:
         """Limits, usage by consumer, peaks and eviction counts."""
         anon, mapped = self.measure()
-        consumers = {}
-        for c in self.consumers:
-            a, m = c.usage()
-            consumers[c.name] = {"anon": a, "mapped": m}
+        consumers = {c.name: c.usage() for c in self.consumers}
         return {
             "limit": self.limit,
             "limit_source": self.limit_source,
             "machine_limit": {"bytes": self.machine_limit.nbytes, "source": self.machine_limit.source},
             "soft_limit": self.soft_limit,
             "mapped_limit": self.mapped_limit,
+            "gpu_limit": self.gpu_limit,
+            "gpu": self.held("gpu"),
+            "peak_gpu": self.stats.peak_gpu,
             "share": self.share,
             "anon": anon,
             "mapped": mapped,

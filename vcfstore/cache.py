@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .budget import MemoryBudget, tick
+from .budget import KINDS, MemoryBudget, tick
 
 V = TypeVar("V")
 
@@ -16,8 +16,7 @@ V = TypeVar("V")
 @dataclass
 class _Entry(Generic[V]):
     value: V
-    anon: int
-    mapped: int
+    sizes: dict[str, int]  # bytes by kind: anon, mapped, gpu
     used: int
 
 
@@ -74,33 +73,32 @@ class LruCache(Generic[V]):
             self._entries.move_to_end(key)
             return e.value
 
-    def get_or_load(self, key: Hashable, load: Callable[[], tuple[V, int, int]], *, what: str = "") -> V:
-        """Return the cached value or ``load()`` it: ``load`` returns (value, anon, mapped) bytes.
+    def get_or_load(self, key: Hashable, load: Callable[[], tuple[V, dict[str, int]]]) -> V:
+        """Return the cached value or ``load()`` it: ``load`` returns (value, bytes by kind).
 
         ``load`` is expected to admit its own allocation with the budget before allocating when
         it can know the size in advance (see :meth:`admit`); the entry is recorded after.
         """
         value = self.get(key)
         if value is None:
-            value, anon, mapped = load()
-            self.put(key, value, anon=anon, mapped=mapped)
+            value, sizes = load()
+            self.put(key, value, **sizes)
         return value
 
-    def admit(self, anon: int = 0, mapped: int = 0, what: str = "a cache entry") -> None:
-        """Ask the budget for room before loading an entry of the given sizes."""
+    def admit(self, what: str = "a cache entry", **sizes: int) -> None:
+        """Ask the budget for room before loading an entry: ``admit(anon=..., mapped=..., gpu=...)``."""
         if self.budget is not None:
-            if anon:
-                self.budget.admit(anon, kind="anon", what=f"{what} ({self.name})")
-            if mapped:
-                self.budget.admit(mapped, kind="mapped", what=f"{what} ({self.name})")
+            for kind, nbytes in sizes.items():
+                if nbytes:
+                    self.budget.admit(nbytes, kind=kind, what=f"{what} ({self.name})")
 
-    def put(self, key: Hashable, value: V, *, anon: int = 0, mapped: int = 0) -> None:
-        """Insert (or replace) an entry; enforces ``max_entries``."""
+    def put(self, key: Hashable, value: V, *, anon: int = 0, mapped: int = 0, gpu: int = 0) -> None:
+        """Insert (or replace) an entry holding these bytes; enforces ``max_entries``."""
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None and old.value is not value and self.on_evict is not None:
                 self.on_evict(old.value)
-            self._entries[key] = _Entry(value, anon, mapped, tick())
+            self._entries[key] = _Entry(value, {"anon": anon, "mapped": mapped, "gpu": gpu}, tick())
             while self.max_entries is not None and len(self._entries) > self.max_entries:
                 self._drop(next(iter(self._entries)))
 
@@ -119,27 +117,26 @@ class LruCache(Generic[V]):
         e = self._entries.pop(key)
         if self.on_evict is not None:
             self.on_evict(e.value)
-        return e.anon + e.mapped
+        return sum(e.sizes.values())
 
     # --- the budget's Consumer protocol -----------------------------------------------------
-    def usage(self) -> tuple[int, int]:
+    def usage(self) -> dict[str, int]:
         with self._lock:
-            return sum(e.anon for e in self._entries.values()), sum(e.mapped for e in self._entries.values())
+            return {kind: sum(e.sizes[kind] for e in self._entries.values()) for kind in KINDS}
 
     def oldest(self, kind: str) -> int | None:
         with self._lock:
             for e in self._entries.values():  # OrderedDict: least recently used first
-                if (e.anon if kind == "anon" else e.mapped) > 0:
+                if e.sizes[kind] > 0:
                     return e.used
             return None
 
     def evict_oldest(self, kind: str) -> int:
         with self._lock:
             for key, e in self._entries.items():
-                if (e.anon if kind == "anon" else e.mapped) > 0:
+                if e.sizes[kind] > 0:
                     return self._drop(key)
             return 0
 
     def stats(self) -> dict[str, Any]:
-        anon, mapped = self.usage()
-        return {"entries": len(self), "hits": self.hits, "misses": self.misses, "anon": anon, "mapped": mapped}
+        return {"entries": len(self), "hits": self.hits, "misses": self.misses, **self.usage()}

@@ -34,6 +34,7 @@ import struct
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -293,6 +294,8 @@ class IndexSet:
         self._cache: LruCache[MappedIndex] | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._gpu_res: tuple[int, Any] | None = None
+        self._warned_gpu = False
 
     # --- metadata --------------------------------------------------------------------------
     @property
@@ -527,7 +530,8 @@ class IndexSet:
         advice : {"normal", "sequential", "willneed", "random"}
             How to re-advise mapped indexes after opening (FAISS leaves them "random").
         gpu : bool
-            Search on the GPU when faiss-gpu and a CUDA device are present.
+            Copy each opened index to the GPU and search there, when faiss-gpu sees a CUDA device
+            (the copy is admitted against the budget's ``gpu_limit``); else search on the CPU.
         """
         directory = Path(directory)
         if not (directory / MANIFEST).is_file():
@@ -554,11 +558,11 @@ class IndexSet:
         with self._lock:
             if w in cache:  # another thread opened it meanwhile
                 return cache.get(w)  # type: ignore[return-value]
-            found, anon, mapped = self._open_index(w)
-            cache.put(w, found, anon=anon, mapped=mapped)
+            found, sizes = self._open_index(w)
+            cache.put(w, found, **sizes)
         return found
 
-    def _open_index(self, w: int) -> tuple[MappedIndex, int, int]:
+    def _open_index(self, w: int) -> tuple[MappedIndex, dict[str, int]]:
         faiss = _faiss()
         e = self.entry(w)
         path = self.directory / e.file
@@ -576,8 +580,13 @@ class IndexSet:
                 f"window {w}: index file {path.name} is corrupt (its header does not match the manifest); rebuild it"
             )
         mappable = bool(self.manifest["mappable"])
+        on_gpu = self._use_gpu()
         cache = self._index_cache()
-        cache.admit(anon=0 if mappable else size, mapped=size if mappable else 0, what=f"opening window {w}'s index")
+        what = f"opening window {w}'s index"
+        if on_gpu:
+            cache.admit(what, gpu=size)  # the CPU side is only mapped, and dropped after the copy
+        else:
+            cache.admit(what, anon=0 if mappable else size, mapped=size if mappable else 0)
         flags = faiss.IO_FLAG_MMAP_IFC if mappable else 0
         try:
             raw = faiss.read_index(str(path), flags)
@@ -588,11 +597,32 @@ class IndexSet:
                 f"window {w}: index file {path.name} holds {raw.ntotal} vectors of dimension {raw.d}, "
                 f"the manifest says {e.n_vectors} of {e.dim}"
             )
+        if on_gpu:
+            return MappedIndex(faiss.index_cpu_to_gpu(self._gpu_resources(), 0, raw), path, False), {"gpu": size}
         if mappable:
             advise_mapping(path, self.advice)
-        if self.gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            raw = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, raw)
-        return MappedIndex(raw, path, mappable), (0 if mappable else size), (size if mappable else 0)
+        return MappedIndex(raw, path, mappable), {"anon": 0 if mappable else size, "mapped": size if mappable else 0}
+
+    def _use_gpu(self) -> bool:
+        """Search on the GPU: asked for, and faiss-gpu sees a CUDA device (else the CPU, with a warning)."""
+        if not self.gpu:
+            return False
+        faiss = _faiss()
+        if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+            return True
+        if not self._warned_gpu:
+            warnings.warn(
+                "IndexSet(gpu=True): faiss has no GPU support or sees no CUDA device; searching on the CPU",
+                stacklevel=3,
+            )
+            self._warned_gpu = True
+        return False
+
+    def _gpu_resources(self) -> Any:
+        """One set of FAISS GPU resources (scratch memory, streams) per process."""
+        if self._gpu_res is None or self._gpu_res[0] != os.getpid():
+            self._gpu_res = (os.getpid(), _faiss().StandardGpuResources())
+        return self._gpu_res[1]
 
     # --- searching -------------------------------------------------------------------------
     def search(self, window: int, vectors: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -644,7 +674,7 @@ class IndexSet:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_cache=None, _pid=None, _lock=None)
+        state.update(_cache=None, _pid=None, _lock=None, _gpu_res=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
