@@ -245,3 +245,17 @@ def test_training_example_learns(tmp_path):
     r = train(ref, tgt, steps=40, workers=0, log_every=10, echo=lambda s: None)
     assert r.steps == 40 and r.last_loss < 0.5 * r.first_loss and r.last_accuracy > r.first_accuracy
     assert r.budget_report["refused"] == 0
+
+
+def test_table_path_equals_popcount_path(sim_store, monkeypatch):
+    """The matrix-product path (used on a GPU, or when AFs differ) equals the popcount path."""
+    import vcfstore.exact as exact
+
+    layer = _layer(6)
+    mask = vs.MaskSchedule(4).window_mask(sim_store, 2, 0, 0.5)
+    q = sim_store.window_tokens(2, rows=np.arange(30), mask=mask)
+    d_pop, i_pop = vs.Retriever(sim_store, layer, k=16, backend="exact").search(2, q)
+    monkeypatch.setattr(exact, "hamming_constant", lambda *a, **k: None)
+    d_mat, i_mat = vs.Retriever(sim_store, layer, k=16, backend="exact").search(2, q)
+    np.testing.assert_array_equal(i_pop, i_mat)
+    np.testing.assert_allclose(d_pop, d_mat, rtol=1e-6, atol=1e-6)
