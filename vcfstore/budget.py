@@ -354,13 +354,6 @@ class MemoryBudget:
         """
         return _WorkerInit(self.uid, main_share)
 
-    def set_share(self, share: float) -> None:
-        """Apply a share of the limit to this budget (and its copies) in this process."""
-        if not 0 < share <= 1:
-            raise VcfstoreError(f"a budget share must be in (0, 1], not {share}")
-        _PROCESS_SHARE[self.uid] = share
-        self._meter_pid = None  # switch to the PSS meter in a worker
-
     # --- observability ---------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         """Limits, usage by consumer, peaks and eviction counts."""

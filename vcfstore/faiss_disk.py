@@ -545,6 +545,8 @@ class IndexSet:
 
     def _index_cache(self) -> LruCache[MappedIndex]:
         if self._cache is None or self._pid != os.getpid():
+            if self._cache is not None and self.budget is not None:
+                self.budget.unregister(self._cache)  # the parent's cache, inherited by a fork
             self._cache = LruCache("faiss indexes", self.budget, max_entries=self.max_open)
             self._pid = os.getpid()
         return self._cache
