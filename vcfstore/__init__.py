@@ -2,7 +2,11 @@
 
 The panel lives in a chunked Zarr store (:func:`open_store`, :func:`build_store`); masks come
 from a deterministic :class:`MaskSchedule`; a :class:`MemoryBudget` holds the process under a
-RAM ceiling, evicting cached windows and indexes before it can be OOM-killed.
+RAM ceiling, evicting cached windows and indexes before it can be OOM-killed. A
+:class:`Retriever` finds the K nearest references of masked queries (exactly in token space,
+or in per-window FAISS indexes on disk, :class:`IndexSet`) and encodes them on demand; the
+PyTorch data path is :class:`TargetDataset`, :class:`WindowGroupedBatchSampler` and
+:func:`collate`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ What is counted, and why:
 * **Mapped file bytes** (memory-mapped indexes, Zarr chunks in the page cache) show in RSS but
   are reclaimable clean pages. They are budgeted *softly*: the consumers' mapped bytes are kept
   under ``mapped_limit`` by evicting, never by refusing.
+* **GPU bytes** (indexes copied to a CUDA device) are budgeted *hard* against ``gpu_limit``, from
+  what the consumers hold (FAISS's device memory is invisible to the process's counters).
 
 Thresholds follow Dask's worker memory management: above ``soft_fraction`` of the limit,
 admissions first evict least-recently-used entries from registered consumers; an admission
