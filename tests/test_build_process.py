@@ -85,3 +85,36 @@ def test_build_memory_is_bounded_by_chunks_not_panel(tmp_path):
         assert growth[length] < bound, f"{n_sites} sites: build grew anonymous memory by {growth[length] / 1e6:.1f} MB"
     assert n_sites * 2000 > bound  # the panel itself does not fit under the bound
     assert growth[10e6] - growth[2.5e6] < 20e6, growth  # 4x the sites, about the same peak
+
+
+MEASURE_VCF = """
+import sys, vcfstore as vs, zarr.codecs, tqdm.auto
+from vcfstore.meter import StatmMeter
+source = vs.VcfSource(sys.argv[1])
+print(StatmMeter().read().anon, flush=True)
+vs.build_store(source, sys.argv[2], progress=False, chunk_sites=512, block_sites=256)
+"""
+
+
+def test_vcf_build_memory_is_bounded(tmp_path):
+    """The bound for VCF files of many chunks (chunks of 512 sites, blocks of 256 records).
+
+    Bound: 2000 * (512 + 2 * 256) * 8 bytes + 16 MB of codec and reader buffers = 32.4 MB, under
+    the larger panel's own 48 MB as uint8; and 4x the sites must not raise the peak.
+    """
+    from vcfstore.simulate import simulate_panel
+
+    ts = simulate_panel(1000, 6e6, seed=4)
+    genotypes = ts.genotype_matrix()
+    bound = 2000 * (512 + 2 * 256) * 8 + 16e6
+    grew = {}
+    for n_sites in (6_000, 24_000):
+        alleles = genotypes[:n_sites].T.astype("uint8")
+        positions = ts.tables.sites.position[:n_sites].astype("int64") + 1
+        vcf = vcf_from_arrays(tmp_path / f"p{n_sites}.vcf.gz", alleles, positions)
+        run = run_measured([sys.executable, "-c", MEASURE_VCF, str(vcf), str(tmp_path / f"s{n_sites}")], interval=0.002)
+        assert run.returncode == 0, run.stderr
+        grew[n_sites] = run.peak_anon - int(run.stdout.split()[0])
+        assert grew[n_sites] < bound, f"{n_sites} sites: grew {grew[n_sites] / 1e6:.1f} MB"
+        assert vs.open_store(tmp_path / f"s{n_sites}").n_sites == n_sites
+    assert alleles.nbytes > bound and grew[24_000] - grew[6_000] < 6e6, grew

@@ -3,7 +3,8 @@
 The builder pulls blocks of sites from a source, packs every ``chunk_sites`` sites into one
 Zarr chunk column and appends it, so peak memory is bounded by the chunk and block sizes, not
 by the panel: about ``n_haplotypes * (chunk_sites + 2 * block_sites) * 8`` bytes in flight
-(genotype blocks as int16 with the phase column, the pending uint8 sites, the packed chunk).
+(genotype blocks as int16 with the phase column, the pending uint8 sites, the packed chunk)
+plus about 16 MB of codec and reader buffers (Zstd at level 15, htslib).
 
 Resuming: after every chunk the number of committed sites is written to the group's attributes
 (zarr writes attribute files atomically). A build that is killed and run again with the same

@@ -59,7 +59,7 @@ ADVICE = {
     "sequential": mmap.MADV_SEQUENTIAL,
     "willneed": mmap.MADV_WILLNEED,
 }
-DEFAULT_ADVICE = "sequential"  # measured: cold first search 0.36 s vs 0.78 s normal, 4.7 s random
+DEFAULT_ADVICE = "sequential"  # measured, 1.59 GB window: cold first search 0.35 s; normal 0.71 s; random 4.3 s
 
 
 class IndexSetError(VcfstoreError):
