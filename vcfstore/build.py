@@ -341,13 +341,11 @@ class _Writer:
 
 def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
     """(store attributes, build progress or None) of a vcfstore group at ``out``, else None."""
-    meta = read_store_attrs(out)
-    if meta is None:
+    attrs = read_store_attrs(out)
+    if attrs is None:
         return None
-    import zarr
-
-    state = zarr.open_group(str(out), mode="r").attrs.get(PROGRESS_KEY)
-    return meta, (dict(state) if isinstance(state, dict) else None)
+    state = attrs.get(PROGRESS_KEY)
+    return dict(attrs[ATTR_KEY]), (dict(state) if isinstance(state, dict) else None)
 
 
 def _concat(blocks: list[SiteBlock]) -> SiteBlock:

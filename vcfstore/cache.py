@@ -73,18 +73,6 @@ class LruCache(Generic[V]):
             self._entries.move_to_end(key)
             return e.value
 
-    def get_or_load(self, key: Hashable, load: Callable[[], tuple[V, dict[str, int]]]) -> V:
-        """Return the cached value or ``load()`` it: ``load`` returns (value, bytes by kind).
-
-        ``load`` is expected to admit its own allocation with the budget before allocating when
-        it can know the size in advance (see :meth:`admit`); the entry is recorded after.
-        """
-        value = self.get(key)
-        if value is None:
-            value, sizes = load()
-            self.put(key, value, **sizes)
-        return value
-
     def admit(self, what: str = "a cache entry", **sizes: int) -> None:
         """Ask the budget for room before loading an entry: ``admit(anon=..., mapped=..., gpu=...)``."""
         if self.budget is not None:

@@ -45,17 +45,16 @@ def open_store(path: str | os.PathLike[str]) -> PanelStore:
 
 
 def read_store_attrs(path: Path) -> dict[str, Any] | None:
-    """The vcfstore attributes of the group at ``path``, or None if it is not a vcfstore group."""
+    """All attributes of a vcfstore group at ``path`` (one read), or None if it is not one."""
     import zarr
 
     if not (path / "zarr.json").is_file():
         return None
     try:
-        group = zarr.open_group(str(path), mode="r")
+        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
     except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a damaged zarr.json
         raise StoreError(f"{path}: the store's metadata cannot be read ({e})") from None
-    meta = group.attrs.get(ATTR_KEY)
-    return dict(meta) if isinstance(meta, dict) else None
+    return attrs if isinstance(attrs.get(ATTR_KEY), dict) else None
 
 
 class PanelStore:
@@ -70,9 +69,10 @@ class PanelStore:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such store")
-        meta = read_store_attrs(self.path)
-        if meta is None:
+        attrs = read_store_attrs(self.path)
+        if attrs is None:
             raise StoreError(f"{self.path}: not a vcfstore panel store")
+        meta = dict(attrs[ATTR_KEY])
         if meta.get("format_version") != FORMAT_VERSION:
             raise StoreError(
                 f"{self.path}: store format version {meta.get('format_version')} is not supported "
