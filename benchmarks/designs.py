@@ -46,7 +46,7 @@ def _setup(cfg: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
     import torch
 
     import vcfstore as vs
-    from vcfstore.models import PositionwiseEmbedding
+    from vcfstore.retrieval.layers import PositionwiseEmbedding
 
     torch.set_num_threads(cfg["threads"])
     ref, tgt = vs.open_store(cfg["reference"]), vs.open_store(cfg["targets"])
@@ -63,7 +63,7 @@ def _queries(tgt: Any, w: int, mask: np.ndarray) -> np.ndarray:
 def _encode(layer: Any, tokens: np.ndarray, af: np.ndarray, grad: bool, batch: int = 64) -> Any:
     import torch
 
-    from vcfstore.encode import embed
+    from vcfstore.retrieval.embedding import embed
 
     ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx:
@@ -103,12 +103,12 @@ def worker(design: str, cfg: dict[str, Any]) -> dict[str, Any]:
         out["tokens_in_ram_bytes"] = sum(t_.nbytes for t_ in tokens_all)
         t_build += t
     if design == "faiss-extras":  # the mapping and recall measurements, in a process of their own
-        from vcfstore.faiss_disk import IndexSet
+        from vcfstore.index import IndexSet
 
         iset = IndexSet.build(ref, layer, work / f"ix_{cfg['d']}", masks, windows=cfg["windows"][:1], progress=False)
         return {"design": design, "d": cfg["d"], "extra": _faiss_extras(vs, ref, tgt, layer, masks, iset, cfg)}
     if design == "faiss":
-        from vcfstore.faiss_disk import IndexSet
+        from vcfstore.index import IndexSet
 
         (iset, t) = _timed(
             lambda: IndexSet.build(ref, layer, work / f"ix_{cfg['d']}", masks, windows=cfg["windows"], progress=False)
@@ -153,7 +153,7 @@ def worker(design: str, cfg: dict[str, Any]) -> dict[str, Any]:
                 if phase == "cold":
                     drop_page_cache(Path(cfg["reference"]), work)
                     if design in ("faiss", "exact"):
-                        retr.windows.cache.clear()
+                        retr.window_cache.cache.clear()
                         if design == "faiss":
                             iset.close()
                     if design == "disk":
@@ -182,7 +182,7 @@ def worker(design: str, cfg: dict[str, Any]) -> dict[str, Any]:
                         d, i = retr.search(w, q)
                     uniq = np.unique(i)
                     with _clock(t, "read"):
-                        toks = retr.windows.tokens(w, rows=uniq)
+                        toks = retr.window_cache.tokens(w, rows=uniq)
                     with _clock(t, "encode"):
                         _encode(layer, toks, af, True)
                 t["total"] = sum(t.values())
@@ -216,7 +216,7 @@ def _ram_window(layer: Any, ref: Any, w: int, mask: np.ndarray, af: np.ndarray) 
 
 def _faiss_extras(vs: Any, ref: Any, tgt: Any, layer: Any, masks: Any, iset: Any, cfg: dict[str, Any]) -> dict:
     """Advice on the mapping, the bandwidth bound, recall of approximate kinds (window 0)."""
-    from vcfstore.faiss_disk import IndexSet
+    from vcfstore.index import IndexSet
 
     w = cfg["windows"][0]
     q = _queries(tgt, w, masks[w])
@@ -274,7 +274,7 @@ def _faiss_extras(vs: Any, ref: Any, tgt: Any, layer: Any, masks: Any, iset: Any
 # Parent side
 # ------------------------------------------------------------------------------------------------
 def _run_design(design: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    from vcfstore.meter import run_measured
+    from vcfstore.testing import run_measured
 
     argv = [sys.executable, "-m", "benchmarks.designs", "--worker", design, "--config", json.dumps(cfg)]
     run = run_measured(argv, interval=0.01, timeout=3600)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 import vcfstore as vs
-from vcfstore.meter import best_time
+from vcfstore.testing import best_time
 from vcfstore.simulate import TreeSequenceSource, simulate_panel
 
 from .common import REAL_DATA, dir_bytes, write_result
@@ -69,7 +69,7 @@ def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path)
         "uint8, raw": 8.0,
         "bit-packed, raw": packed.nbytes * 8 / genotypes,
     }
-    zstd = ZstdCodec(level=vs.build.DEFAULT_ZSTD_LEVEL)
+    zstd = ZstdCodec(level=vs.store.builder.DEFAULT_ZSTD_LEVEL)
     variants = {
         "uint8, sites x 1024, Blosc-zstd bitshuffle": (
             alleles,

@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from vcfstore.train_example import split_panel, train
+from vcfstore.app.train_example import split_panel, train
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 import vcfstore as vs
 from vcfstore.simulate import simulate_panel
+from vcfstore.testing import anon_ceiling  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "1kg_chr20_eur"
@@ -94,25 +95,3 @@ def vcf_from_arrays(path: Path, alleles: np.ndarray, positions: np.ndarray, cont
             f.write(f"{contig}\t{int(positions[i])}\tv{i}\tA\tG\t.\tPASS\t.\tGT\t".encode())
             f.write(cells[i].tobytes())
     return path
-
-
-@pytest.fixture
-def anon_ceiling():
-    """``with anon_ceiling(n): ...`` asserts the block raises anonymous memory by less than n bytes.
-
-    The peak is sampled by a background thread (RssAnon from /proc/self/statm), not taken from
-    ru_maxrss or VmHWM, which count mapped file pages.
-    """
-    import contextlib
-
-    from vcfstore.meter import PeakSampler, StatmMeter
-
-    @contextlib.contextmanager
-    def ceiling(nbytes: float):
-        base = StatmMeter().read().anon
-        with PeakSampler(interval=0.001) as sampler:
-            yield sampler
-        grew = sampler.peak_anon - base
-        assert grew < nbytes, f"anonymous memory grew by {grew / 1e6:.1f} MB, more than {nbytes / 1e6:.1f} MB"
-
-    return ceiling

@@ -11,10 +11,11 @@ import pytest
 from torch.utils.data import DataLoader, Dataset
 
 import vcfstore as vs
-from vcfstore.budget import malloc_trim
-from vcfstore.cache import LruCache
-from vcfstore.limits import Limit, cgroup_limits, effective_machine_limit, parse_size
-from vcfstore.meter import MemorySample, run_measured
+from vcfstore.memory import malloc_trim
+from vcfstore.memory import LruCache
+from vcfstore.memory.limits import Limit, cgroup_limits, effective_machine_limit, parse_size
+from vcfstore.memory import MemorySample
+from vcfstore.testing import run_measured
 
 GB = 10**9
 
@@ -157,7 +158,7 @@ def test_mapped_memory_is_soft():
         b.admit(100, kind="mapped")
         cache.put(i, object(), mapped=100)
     b.admit(150, kind="mapped")  # evicts two mapped entries
-    assert list(cache._entries) == [2]
+    assert cache.keys() == [2]
     b.admit(5000, kind="mapped")  # larger than the limit: admitted, counted, never raised
     assert b.stats.mapped_over_limit == 1 and len(cache) == 0
 
@@ -237,7 +238,7 @@ WORKLOAD = """
 import json, resource, sys
 import numpy as np
 import vcfstore as vs
-from vcfstore.meter import StatmMeter
+from vcfstore.memory import StatmMeter
 store = vs.open_store(sys.argv[1])
 _ = store.window_alleles(0)  # warm zarr's codecs and thread pool before taking the baseline
 base = StatmMeter().read().anon
@@ -276,7 +277,7 @@ def test_ceiling_holds_in_subprocess(wide_store):
 
 
 def test_budget_too_small_for_one_window(wide_store):
-    budget = vs.MemoryBudget(vs.budget.StatmMeter().read().anon + 1_000_000)
+    budget = vs.MemoryBudget(vs.memory.StatmMeter().read().anon + 1_000_000)
     cache = vs.WindowCache(wide_store, budget)
     with pytest.raises(vs.MemoryBudgetExceeded, match=r"decoding window 3 \(decoded windows\) needs 1\.9\d MiB"):
         cache.alleles(3)
@@ -291,7 +292,7 @@ def test_gpu_memory_is_hard_and_evicts_gpu_entries():
         b.admit(100, kind="gpu")
         cache.put(i, object(), gpu=100)
     b.admit(100, kind="gpu")  # 300 > 250: the least recently used GPU entry goes
-    assert list(cache._entries) == [1] and b.report()["evictions"] == {"gpu indexes": 1}
+    assert cache.keys() == [1] and b.report()["evictions"] == {"gpu indexes": 1}
     with pytest.raises(vs.MemoryBudgetExceeded, match="GPU limit"):
         b.admit(300, kind="gpu")
     assert b.report()["gpu"] == 100 and b.report()["peak_gpu"] == 200

@@ -14,7 +14,7 @@ import numpy as np
 
 import vcfstore as vs
 from tests.conftest import vcf_from_arrays
-from vcfstore.meter import run_measured
+from vcfstore.testing import run_measured
 
 BUILD = """
 import sys, vcfstore as vs
@@ -59,7 +59,7 @@ def test_resume_after_kill_equals_uninterrupted_build(tmp_path, sim_arrays):
 
 MEASURE = """
 import sys, vcfstore as vs, zarr.codecs, tqdm.auto  # imports before the baseline: it measures data
-from vcfstore.meter import StatmMeter
+from vcfstore.memory import StatmMeter
 from vcfstore.simulate import TreeSequenceSource, simulate_panel
 source = TreeSequenceSource(simulate_panel(1000, float(sys.argv[1]), seed=3))
 print(StatmMeter().read().anon, flush=True)
@@ -89,7 +89,7 @@ def test_build_memory_is_bounded_by_chunks_not_panel(tmp_path):
 
 MEASURE_VCF = """
 import sys, vcfstore as vs, zarr.codecs, tqdm.auto
-from vcfstore.meter import StatmMeter
+from vcfstore.memory import StatmMeter
 source = vs.VcfSource(sys.argv[1])
 print(StatmMeter().read().anon, flush=True)
 vs.build_store(source, sys.argv[2], progress=False, chunk_sites=512, block_sites=256)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from vcfstore.cli import main
+from vcfstore.app.cli import main
 
 
 def test_build_and_info(tmp_path, real_data):
@@ -58,7 +58,7 @@ def test_user_errors_are_one_line(tmp_path, real_data, args, message):
         "out": tmp_path / "o",
     }
     argv = [a.format(**{k: str(v) for k, v in subs.items()}) for a in args]
-    r = subprocess.run([sys.executable, "-m", "vcfstore.cli", *argv], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "vcfstore", *argv], capture_output=True, text=True)
     assert r.returncode == 1
     assert message in r.stderr and "Traceback" not in r.stderr
     assert [line for line in r.stderr.splitlines() if line.startswith("Error:")], r.stderr

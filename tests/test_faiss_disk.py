@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import vcfstore as vs
-from vcfstore.faiss_disk import IndexSet, IndexSetError, ReadOnlyIndexError, StaleIndexError, advise_mapping
-from vcfstore.meter import run_measured
-from vcfstore.models import PositionwiseEmbedding
+from vcfstore.index import IndexSet, IndexSetError, ReadOnlyIndexError, StaleIndexError, advise_mapping
+from vcfstore.testing import run_measured
+from vcfstore.retrieval.layers import PositionwiseEmbedding
 
 
 def _layer(d: int = 4, seed: int = 0) -> PositionwiseEmbedding:
@@ -93,7 +93,7 @@ def test_foreign_stale_and_bad_files(built, sim_store, tmp_path, sim_arrays):
         IndexSet.open(iset.directory, other)
     with pytest.raises(IndexSetError, match="no index set here"):
         IndexSet.open(tmp_path, sim_store)
-    with pytest.raises(StaleIndexError, match="query mask differs"):
+    with pytest.raises(StaleIndexError, match="masked differently"):
         iset.check_fresh(1, mask=masks[2])
     iset.check_fresh(1, mask=masks[1])
     assert iset.stale_windows(embedding=layer, masks=masks) == []
@@ -142,7 +142,7 @@ def test_rebuild_touches_only_stale_windows(sim_store, tmp_path):
 
 READER = """
 import sys, time, numpy as np, vcfstore as vs
-from vcfstore.faiss_disk import IndexSet
+from vcfstore.index import IndexSet
 s = IndexSet.open(sys.argv[1], vs.open_store(sys.argv[2]))
 q = np.zeros((4, s.dim), np.float32)
 first = s.search(0, q, 3)[1]
@@ -179,8 +179,8 @@ def test_rebuild_while_another_process_searches(sim_store, tmp_path):
 
 BUILDER = """
 import sys, time, torch, vcfstore as vs
-from vcfstore.faiss_disk import IndexSet
-from vcfstore.models import PositionwiseEmbedding
+from vcfstore.index import IndexSet
+from vcfstore.retrieval.layers import PositionwiseEmbedding
 torch.manual_seed(0)
 layer = PositionwiseEmbedding(d_model=4)
 class Slow(torch.nn.Module):
@@ -243,8 +243,8 @@ def test_budget_holds_two_of_five_indexes(sim_store, tmp_path):
                 s.search(w, q, 1)
     r = budget.report()
     assert r["peak_mapped"] <= 2.5 * size and r["evictions"]["faiss indexes"] == 8
-    cache = s._index_cache()
-    assert len(cache) == 2 and cache.hits == 20 and cache.misses == 10
+    cache = s.cache_stats()
+    assert cache["entries"] == 2 and cache["hits"] == 20 and cache["misses"] == 10
 
 
 def test_mapping_is_readvised(built):
@@ -255,8 +255,8 @@ def test_mapping_is_readvised(built):
 
 MAPPED = """
 import sys, faiss, numpy as np, vcfstore as vs
-from vcfstore.faiss_disk import IndexSet
-from vcfstore.meter import StatmMeter
+from vcfstore.index import IndexSet
+from vcfstore.memory import StatmMeter
 s = IndexSet.open(sys.argv[1], vs.open_store(sys.argv[2]))
 q = np.zeros((8, s.dim), np.float32)
 base = StatmMeter().read().anon
@@ -270,9 +270,9 @@ print(base)
 
 BIG_BUILD = """
 import sys, torch, vcfstore as vs
-from vcfstore.faiss_disk import IndexSet
-from vcfstore.meter import StatmMeter
-from vcfstore.models import PositionwiseEmbedding
+from vcfstore.index import IndexSet
+from vcfstore.memory import StatmMeter
+from vcfstore.retrieval.layers import PositionwiseEmbedding
 torch.manual_seed(0)
 store = vs.open_store(sys.argv[2])
 layer = PositionwiseEmbedding(d_model=26)

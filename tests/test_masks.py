@@ -53,9 +53,9 @@ def test_rates_versions_and_af_rule():
         vs.MaskSchedule(2).mask_version(0, 0.3),
     }
     assert len(versions) == 4 and s.mask_version(0, 0.3) == vs.MaskSchedule(1).mask_version(0, 0.3)
-    with pytest.raises(vs.StoreError, match="rate must be in"):
+    with pytest.raises(vs.ArgumentError, match="rate must be in"):
         s.site_mask(af, 0, 0, 1.5)
-    with pytest.raises(vs.StoreError, match="epoch must be a non-negative integer"):
+    with pytest.raises(vs.ArgumentError, match="epoch must be a non-negative integer"):
         s.site_mask(af, 0, -1, 0.5)
 
 

@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import vcfstore as vs
-from vcfstore.exact import NotPositionwiseError, top_k
-from vcfstore.faiss_disk import IndexSet
-from vcfstore.models import ConvEmbedding, PositionwiseEmbedding
+from vcfstore.errors import NotPositionwiseError
+from vcfstore.retrieval import top_k
+from vcfstore.index import IndexSet
+from vcfstore.retrieval.layers import ConvEmbedding, PositionwiseEmbedding
 
 
 def _layer(d=8, seed=0):
@@ -239,7 +240,7 @@ def test_dataset_checks_sites(sim_store, real_pair):
 
 
 def test_training_example_learns(tmp_path):
-    from vcfstore.train_example import split_panel, train
+    from vcfstore.app.train_example import split_panel, train
 
     ref, tgt = split_panel(tmp_path, n_samples=120, length=1e6, target_samples=30)
     r = train(ref, tgt, steps=40, workers=0, log_every=10, echo=lambda s: None)
@@ -249,7 +250,7 @@ def test_training_example_learns(tmp_path):
 
 def test_table_path_equals_popcount_path(sim_store, monkeypatch):
     """The matrix-product path (used on a GPU, or when AFs differ) equals the popcount path."""
-    import vcfstore.exact as exact
+    import vcfstore.retrieval.exact_search as exact
 
     layer = _layer(6)
     mask = vs.MaskSchedule(4).window_mask(sim_store, 2, 0, 0.5)

@@ -1,70 +1,103 @@
 """vcfstore: retrieval over a full reference panel inside a fixed RAM ceiling.
 
-The panel lives in a chunked Zarr store (:func:`open_store`, :func:`build_store`); masks come
-from a deterministic :class:`MaskSchedule`; a :class:`MemoryBudget` holds the process under a
-RAM ceiling, evicting cached windows and indexes before it can be OOM-killed. A
-:class:`Retriever` finds the K nearest references of masked queries (exactly in token space,
-or in per-window FAISS indexes on disk, :class:`IndexSet`) and encodes them on demand; the
-PyTorch data path is :class:`TargetDataset`, :class:`WindowGroupedBatchSampler` and
-:func:`collate`.
+The layers, bottom up (each imports only those below it):
+
+* :mod:`vcfstore.sources` - input panels (VCF/BCF, VCF Zarr, arrays, tree sequences) as streams of
+  phased biallelic sites, through one input policy;
+* :mod:`vcfstore.store` - the panel store: format, vocabulary, reader, streamed resumable builder,
+  windows, deterministic masks (:func:`open_store`, :func:`build_store`, :class:`MaskSchedule`);
+* :mod:`vcfstore.memory` - the :class:`MemoryBudget`: cgroup-aware limits, cheap meters, budgeted LRU
+  caches and the decoded-window cache;
+* :mod:`vcfstore.retrieval` - embedding calls, the exact token-space search, the :class:`Retriever`
+  and the PyTorch data path (:class:`TargetDataset`, :class:`WindowGroupedBatchSampler`, :func:`collate`);
+* :mod:`vcfstore.index` - per-window FAISS index sets on disk (:class:`IndexSet`);
+* :mod:`vcfstore.app` - the command line, the demo and the tables people read.
+
+Every exception is in :mod:`vcfstore.errors`. Importing ``vcfstore`` loads neither torch nor
+FAISS: the torch-backed names load on first use.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-from .budget import MemoryBudget, MemoryBudgetExceeded
-from .build import build_from_arrays, build_store
-from .errors import InputError, StoreError, VcfstoreError
-from .masks import EpochMasks, MaskSchedule, masks_version
-from .sources import ArraySource, InputPolicy, VcfSource, VcfZarrSource
-from .store import PanelStore, open_store
-from .vocab import Vocabulary
-from .window_cache import WindowCache
-from .windows import read_windows_csv
+from vcfstore import _legacy
+from vcfstore._version import __version__
+from vcfstore.errors import (
+    ArgumentError,
+    IndexSetError,
+    InputError,
+    MemoryBudgetExceeded,
+    NotPositionwiseError,
+    ReadOnlyIndexError,
+    StaleIndexError,
+    StoreError,
+    VcfstoreError,
+)
+from vcfstore.memory import MemoryBudget, WindowCache
+from vcfstore.sources import ArraySource, InputPolicy, TreeSequenceSource, VcfSource, VcfZarrSource
+from vcfstore.store import (
+    EpochMasks,
+    MaskSchedule,
+    PanelStore,
+    Vocabulary,
+    build_from_arrays,
+    build_store,
+    masks_version,
+    open_store,
+    read_windows_csv,
+)
+
+_legacy.install()
 
 # Torch-backed parts load on first use, so `import vcfstore` (and the CLI) stays light and no
 # torch or FAISS state exists in a process that only reads stores.
 _LAZY = {
-    "IndexSet": "faiss_disk",
-    "Retriever": "retrieval",
-    "TargetDataset": "data",
-    "WindowGroupedBatchSampler": "data",
-    "collate": "data",
+    "IndexSet": "vcfstore.index",
+    "Retriever": "vcfstore.retrieval",
+    "TargetDataset": "vcfstore.retrieval",
+    "WindowGroupedBatchSampler": "vcfstore.retrieval",
+    "collate": "vcfstore.retrieval",
 }
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if f"vcfstore.{name}" in _legacy.MOVED:  # vcfstore.build and the like, as attributes
+        return importlib.import_module(f"vcfstore.{name}")
     raise AttributeError(f"module 'vcfstore' has no attribute {name!r}")
 
 
 __all__ = [
-    "IndexSet",
-    "Retriever",
-    "TargetDataset",
-    "WindowGroupedBatchSampler",
-    "collate",
+    "ArgumentError",
     "ArraySource",
     "EpochMasks",
+    "IndexSet",
+    "IndexSetError",
     "InputError",
     "InputPolicy",
     "MaskSchedule",
     "MemoryBudget",
     "MemoryBudgetExceeded",
+    "NotPositionwiseError",
     "PanelStore",
+    "ReadOnlyIndexError",
+    "Retriever",
+    "StaleIndexError",
     "StoreError",
+    "TargetDataset",
+    "TreeSequenceSource",
     "VcfSource",
     "VcfZarrSource",
     "VcfstoreError",
     "Vocabulary",
     "WindowCache",
+    "WindowGroupedBatchSampler",
     "__version__",
     "build_from_arrays",
     "build_store",
+    "collate",
     "masks_version",
     "open_store",
     "read_windows_csv",

@@ -7,12 +7,11 @@ frequency spectrum resemble a real panel's, which matters for compression and re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .sources import InputPolicy, RecordFilter, SiteBlock, haplotype_block
+from vcfstore.sources.tskit import TreeSequenceSource
 
 
 def simulate_panel(
@@ -42,44 +41,6 @@ def simulate_panel(
     return msprime.sim_mutations(ts, rate=mutation_rate, random_seed=seed + 1, model=msprime.BinaryMutationModel())
 
 
-class TreeSequenceSource:
-    """Sites of a tskit tree sequence, streamed variant by variant (biallelic, phased)."""
-
-    def __init__(self, ts: Any, *, contig: str = "1", name: str = "msprime") -> None:
-        self.ts, self.contig, self.name = ts, contig, name
-        self.samples = [f"tsk_{i}" for i in range(ts.num_samples // 2)]
-        self.policy = InputPolicy(non_snv="keep")
-        self.filter = RecordFilter(self.policy)
-
-    def describe(self) -> dict[str, object]:
-        import hashlib
-
-        digest = hashlib.sha256(self.ts.tables.sites.position.tobytes() + self.ts.tables.mutations.site.tobytes())
-        return {"kind": "tree-sequence", "name": self.name, "size": int(self.ts.nbytes), "sha256": digest.hexdigest()}
-
-    def expected_records(self) -> int:
-        return int(self.ts.num_sites)
-
-    def blocks(self, block_sites: int = 1024) -> Iterator[SiteBlock]:
-        n_hap = self.ts.num_samples
-        buf = np.empty((block_sites, n_hap), dtype=np.uint8)
-        pos: list[int] = []
-        for var in self.ts.variants():
-            buf[len(pos)] = var.genotypes
-            pos.append(int(var.site.position) + 1)  # msprime positions are 0-based
-            if len(pos) == block_sites:
-                yield self._block(buf, pos)
-                pos = []
-        if pos:
-            yield self._block(buf[: len(pos)], pos)
-
-    def _block(self, alleles: np.ndarray, pos: list[int]) -> SiteBlock:
-        n = len(pos)
-        return haplotype_block(
-            self.filter, [self.contig] * n, np.asarray(pos), [f"sim{p}" for p in pos], ["A"] * n, ["G"] * n, alleles
-        )
-
-
 def simulate_reference_and_targets(
     out: Any,
     *,
@@ -98,7 +59,7 @@ def simulate_reference_and_targets(
     """
     from pathlib import Path
 
-    from .build import build_store
+    from vcfstore.store.builder import build_store
 
     ts = simulate_panel(n_reference + n_target, sequence_length, seed=seed)
     nodes = np.arange(ts.num_samples)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .budget import KINDS, MemoryBudget, tick
+from vcfstore.memory.budget import MEMORY_KINDS, MemoryBudget, tick
 
 V = TypeVar("V")
 
@@ -61,6 +61,11 @@ class LruCache(Generic[V]):
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
+    def keys(self) -> list[Hashable]:
+        """The cached keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
     def get(self, key: Hashable) -> V | None:
         """The cached value (marking it most recently used), or None."""
         with self._lock:
@@ -110,7 +115,7 @@ class LruCache(Generic[V]):
     # --- the budget's Consumer protocol -----------------------------------------------------
     def usage(self) -> dict[str, int]:
         with self._lock:
-            return {kind: sum(e.sizes[kind] for e in self._entries.values()) for kind in KINDS}
+            return {kind: sum(e.sizes[kind] for e in self._entries.values()) for kind in MEMORY_KINDS}
 
     def oldest(self, kind: str) -> int | None:
         with self._lock:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import StoreError
+from vcfstore.errors import StoreError
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,24 @@ def layout_tokens(
     alleles: np.ndarray, max_seq_len: int, vocab: Vocabulary, mask: np.ndarray | None = None
 ) -> np.ndarray:
     """Lay out allele rows [n, n_sites] as int64 tokens [n, max_seq_len]: ``[SOS] sites [EOS] pad``."""
-    n, n_sites = alleles.shape
+    tokens = layout_site_tokens(np.add(alleles, vocab.allele0, dtype=np.int64), max_seq_len, vocab)
+    if mask is not None:
+        tokens[:, check_mask(mask, alleles.shape[1], max_seq_len)] = vocab.mask
+    return tokens
+
+
+def layout_site_tokens(site_tokens: np.ndarray, max_seq_len: int, vocab: Vocabulary) -> np.ndarray:
+    """Place token ids per site [n, n_sites] in rows ``[SOS] sites [EOS] pad`` of int64 [n, max_seq_len].
+
+    The one home of the token layout: stores, caches and the exact search's table rows use it.
+    """
+    n, n_sites = site_tokens.shape
     if n_sites > max_seq_len - 2:
         raise StoreError(f"{n_sites} sites do not fit in max_seq_len={max_seq_len} with SOS and EOS")
     tokens = np.full((n, max_seq_len), vocab.pad, dtype=np.int64)
     tokens[:, 0] = vocab.sos
-    np.add(alleles, vocab.allele0, out=tokens[:, 1 : n_sites + 1], casting="unsafe")
+    tokens[:, 1 : n_sites + 1] = site_tokens
     tokens[:, n_sites + 1] = vocab.eos
-    if mask is not None:
-        tokens[:, check_mask(mask, n_sites, max_seq_len)] = vocab.mask
     return tokens
 
 

@@ -24,15 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .encode import Embedding, embed, embedding_device, eval_mode
-from .errors import VcfstoreError
+from vcfstore.errors import NotPositionwiseError
+from vcfstore.retrieval.embedding import Embedding, embed, embedding_device, eval_mode
+from vcfstore.store.vocab import layout_site_tokens
 
 # Distances equal to this relative precision are ties (FAISS computes in float32).
 TIE_RTOL = 1e-5
-
-
-class NotPositionwiseError(VcfstoreError):
-    """The embedding mixes positions (a convolution, attention...): the exact backend cannot serve it."""
 
 
 @dataclass
@@ -61,10 +58,7 @@ def window_tables(
 ) -> WindowTables:
     """Embed the constant-token rows of a window (eval mode, no dropout)."""
     values = (vocab.mask, vocab.allele0, vocab.allele1)
-    rows = np.full((3, max_seq_len), vocab.pad, dtype=np.int64)
-    rows[:, 0] = vocab.sos
-    rows[:, 1 : n_sites + 1] = np.asarray(values)[:, None]
-    rows[:, n_sites + 1] = vocab.eos
+    rows = layout_site_tokens(np.repeat(np.asarray(values)[:, None], n_sites, axis=1), max_seq_len, vocab)
     with eval_mode(layer):
         ref = embed(layer, rows, np.broadcast_to(ref_af, rows.shape), forward_kwargs=forward_kwargs, device=device)
         q = ref
@@ -90,10 +84,8 @@ def check_positionwise(
     """Embed random rows and compare with the table-composed result; raise if they differ."""
     rng = np.random.default_rng(seed)
     n = tables.n_sites
-    tokens = np.full((rows, max_seq_len), vocab.pad, dtype=np.int64)
-    tokens[:, 0] = vocab.sos
-    tokens[:, 1 : n + 1] = rng.choice([vocab.mask, vocab.allele0, vocab.allele1], size=(rows, n))
-    tokens[:, n + 1] = vocab.eos
+    site_tokens = rng.choice([vocab.mask, vocab.allele0, vocab.allele1], size=(rows, n))
+    tokens = layout_site_tokens(site_tokens, max_seq_len, vocab)
     with eval_mode(layer):
         got = embed(layer, tokens, np.broadcast_to(ref_af, tokens.shape), forward_kwargs=forward_kwargs, device=device)
     got = got.double()

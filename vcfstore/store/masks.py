@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
-from .errors import StoreError
+from vcfstore.errors import ArgumentError
 
 if TYPE_CHECKING:
-    from .store import PanelStore
+    from vcfstore.store.reader import PanelStore
 
 _SCHEME = "vcfstore-mask-v1"
 
@@ -111,7 +111,7 @@ def masks_version(masks: Sequence[np.ndarray]) -> str:
 def _key(seed: int, epoch: int, window: int) -> int:
     for name, v in (("seed", seed), ("epoch", epoch), ("window", window)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise StoreError(f"mask {name} must be a non-negative integer, not {v!r}")
+            raise ArgumentError(f"mask {name} must be a non-negative integer, not {v!r}")
     # Philox takes a 128-bit key; hashing keeps distinct triples apart at any magnitude.
     digest = hashlib.blake2b(f"{_SCHEME}:{seed}:{epoch}:{window}".encode(), digest_size=16).digest()
     return int.from_bytes(digest, "little")
@@ -119,4 +119,4 @@ def _key(seed: int, epoch: int, window: int) -> int:
 
 def _check_rate(rate: float) -> None:
     if not 0.0 <= float(rate) <= 1.0:
-        raise StoreError(f"mask rate must be in [0, 1], not {rate}")
+        raise ArgumentError(f"mask rate must be in [0, 1], not {rate}")

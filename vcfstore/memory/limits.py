@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VcfstoreError
+from vcfstore.errors import ArgumentError
 
 # cgroup v1 reports "no limit" as the largest page-aligned signed 64-bit value (or near it).
 _V1_UNLIMITED = 1 << 60
@@ -52,23 +52,23 @@ def parse_size(value: int | float | str, *, machine_limit: int | None = None) ->
     physical RAM and every cgroup limit of this process).
     """
     if isinstance(value, bool):
-        raise VcfstoreError(f"a memory size cannot be {value!r}")
+        raise ArgumentError(f"a memory size cannot be {value!r}")
     if isinstance(value, (int, float)):
         if value <= 0:
-            raise VcfstoreError(f"a memory size must be positive, not {value}")
+            raise ArgumentError(f"a memory size must be positive, not {value}")
         return int(value)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(%|[a-zA-Z]*)\s*", str(value))
     if not m or (m.group(2) != "%" and m.group(2).lower() not in _UNITS):
-        raise VcfstoreError(f"cannot read {value!r} as a memory size; use e.g. 11GB, 11GiB, 80% or a byte count")
+        raise ArgumentError(f"cannot read {value!r} as a memory size; use e.g. 11GB, 11GiB, 80% or a byte count")
     number, unit = float(m.group(1)), m.group(2)
     if unit == "%":
         if not 0 < number <= 100:
-            raise VcfstoreError(f"a memory percentage must be in (0, 100], not {value!r}")
+            raise ArgumentError(f"a memory percentage must be in (0, 100], not {value!r}")
         base = machine_limit if machine_limit is not None else effective_machine_limit().nbytes
         return int(base * number / 100)
     size = int(number * _UNITS[unit.lower()])
     if size <= 0:
-        raise VcfstoreError(f"a memory size must be positive, not {value!r}")
+        raise ArgumentError(f"a memory size must be positive, not {value!r}")
     return size
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import VcfstoreError
+from vcfstore.errors import VcfstoreError
 
 Embedding = Callable[..., torch.Tensor]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from .display import print_store_info
-from .errors import VcfstoreError
+from vcfstore.app.display import print_store_info
+from vcfstore.errors import VcfstoreError
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,9 +104,9 @@ def build(
 
     Streams the input; a killed build resumes when run again with the same arguments.
     """
-    from .build import build_store
-    from .sources import InputPolicy, open_source
-    from .windows import read_windows_csv
+    from vcfstore.sources import InputPolicy, open_source
+    from vcfstore.store.builder import build_store
+    from vcfstore.store.windows import read_windows_csv
 
     source = open_source(input_path, region=region, policy=InputPolicy(**policy))
     windows = read_windows_csv(windows_csv) if windows_csv else None
@@ -130,7 +130,7 @@ def build(
 @_user_errors
 def info(store_dir: Path, as_json: bool) -> None:
     """Counts, windows, bytes on disk and compression of a panel store."""
-    from .store import open_store
+    from vcfstore.store.reader import open_store
 
     summary = open_store(store_dir).info()
     if as_json:
@@ -156,7 +156,7 @@ def info(store_dir: Path, as_json: bool) -> None:
 @_user_errors
 def demo(vcf_path: Path | None, out_dir: Path | None, samples: int, length: float, seed: int, train_steps: int) -> None:
     """Simulate a panel (msprime), build a store, retrieve under a memory budget, train briefly."""
-    from .demo import run_demo
+    from vcfstore.app.demo import run_demo
 
     run_demo(
         vcf_path=vcf_path,

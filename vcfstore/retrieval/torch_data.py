@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from .budget import MemoryBudget
-from .errors import VcfstoreError
-from .masks import MaskSchedule
-from .store import PanelStore
-from .window_cache import WindowCache
+from vcfstore.errors import ArgumentError, VcfstoreError
+from vcfstore.memory.budget import MemoryBudget
+from vcfstore.memory.window_cache import WindowCache
+from vcfstore.store.masks import MaskSchedule
+from vcfstore.store.reader import PanelStore
 
 IGNORE_INDEX = -100
 
@@ -139,7 +139,7 @@ class WindowGroupedBatchSampler(Sampler[list[int]]):
         world_size: int | None = None,
     ) -> None:
         if batch_size < 1:
-            raise VcfstoreError(f"batch_size must be at least 1, not {batch_size}")
+            raise ArgumentError(f"batch_size must be at least 1, not {batch_size}")
         self.n_samples, self.n_windows, self.batch_size = n_samples, n_windows, batch_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         if world_size is None:
@@ -149,7 +149,7 @@ class WindowGroupedBatchSampler(Sampler[list[int]]):
             rank = dist.get_rank() if initialised else 0
         self.rank, self.world_size = rank or 0, world_size
         if not 0 <= self.rank < self.world_size:
-            raise VcfstoreError(f"rank {self.rank} is outside world size {self.world_size}")
+            raise ArgumentError(f"rank {self.rank} is outside world size {self.world_size}")
         self.epoch = 0
 
     @classmethod

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .budget import MemoryBudget
-from .cache import LruCache
-from .store import PanelStore
-from .vocab import layout_tokens
+from vcfstore.memory.budget import MemoryBudget
+from vcfstore.memory.lru import LruCache
+from vcfstore.store.reader import PanelStore
+from vcfstore.store.vocab import layout_tokens
 
 
 class WindowCache:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from vcfstore.errors import InputError
 
 ContigRuns = Sequence[tuple[str, int, int]]
 """Per contig, in store order: (name, first site, one past the last site)."""

@@ -8,19 +8,20 @@ embedded is ever stored and nothing goes stale when the weights change.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .budget import MemoryBudget
-from .encode import Embedding, embed, embedding_device, eval_mode, to_numpy
-from .errors import VcfstoreError
-from .exact import ExactSearcher, NotPositionwiseError, top_k
-from .faiss_disk import IndexSet
-from .store import PanelStore
-from .window_cache import WindowCache
+from vcfstore.errors import ArgumentError, NotPositionwiseError
+from vcfstore.memory.budget import MemoryBudget
+from vcfstore.memory.window_cache import WindowCache
+from vcfstore.retrieval.embedding import Embedding, embed, embedding_device, eval_mode, to_numpy
+from vcfstore.retrieval.exact_search import ExactSearcher, top_k
+from vcfstore.store.reader import PanelStore
 
+if TYPE_CHECKING:  # the index layer sits above retrieval's embedding calls; only its type is needed
+    from vcfstore.index.index_set import IndexSet
 
 class Retriever:
     """Find and embed the K nearest reference haplotypes of masked queries.
@@ -59,17 +60,17 @@ class Retriever:
         forward_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if backend not in ("auto", "exact", "faiss"):
-            raise VcfstoreError(f"backend must be 'auto', 'exact' or 'faiss', not {backend!r}")
+            raise ArgumentError(f"backend must be 'auto', 'exact' or 'faiss', not {backend!r}")
         if not 1 <= k <= store.n_haplotypes:
-            raise VcfstoreError(f"k must be in [1, {store.n_haplotypes}], not {k}")
+            raise ArgumentError(f"k must be in [1, {store.n_haplotypes}], not {k}")
         if backend == "faiss" and index_set is None:
-            raise VcfstoreError("backend='faiss' needs an index_set (IndexSet.build or IndexSet.open)")
+            raise ArgumentError("backend='faiss' needs an index_set (IndexSet.build or IndexSet.open)")
         self.store, self.layer, self.k = store, embedding_layer, k
         self.requested, self.index_set, self.budget = backend, index_set, budget
         self.forward_kwargs = forward_kwargs or {}
         self.device = embedding_device(embedding_layer, device)
         self.exact = ExactSearcher(embedding_layer, self.forward_kwargs, self.device)
-        self.windows = WindowCache(store, budget)
+        self.window_cache = WindowCache(store, budget)
         self._backend: str | None = None if backend == "auto" else backend
 
     @property
@@ -100,18 +101,18 @@ class Retriever:
         q = to_numpy(query_tokens).astype(np.int64, copy=False)
         L = self.store.max_seq_len
         if q.ndim != 2 or q.shape[1] != L:
-            raise VcfstoreError(f"query tokens have shape {q.shape}; expected [n, {L}]")
+            raise ArgumentError(f"query tokens have shape {q.shape}; expected [n, {L}]")
         ref_af = self.store.window_af(window)
         qaf = None if query_af is None else to_numpy(query_af).astype(np.float32)
         if qaf is not None and qaf.ndim == 2:
             if not (qaf == qaf[:1]).all():
-                raise VcfstoreError("queries of one window must share their allele frequencies (one row [L])")
+                raise ArgumentError("queries of one window must share their allele frequencies (one row [L])")
             qaf = qaf[0]
         if self._backend is None:
             self._backend = self._choose(window, q, ref_af, qaf)
         if self._backend == "exact":
             return self.exact.search(
-                self.windows.alleles(window),
+                self.window_cache.alleles(window),
                 q,
                 self.k,
                 max_seq_len=L,
@@ -124,7 +125,7 @@ class Retriever:
     def _choose(self, window: int, q: np.ndarray, ref_af: np.ndarray, qaf: np.ndarray | None) -> str:
         try:
             self.exact.search(
-                self.windows.alleles(window),
+                self.window_cache.alleles(window),
                 q[:1],
                 1,
                 max_seq_len=self.store.max_seq_len,
@@ -141,15 +142,8 @@ class Retriever:
     def _faiss_search(self, window: int, q: np.ndarray, qaf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.index_set is not None
         vocab = self.store.vocab
-        mask = self.index_set.mask(window)
-        query_masks = q == vocab.mask
-        if not (query_masks == mask[None, :]).all():
-            bad = int(np.flatnonzero((query_masks != mask[None, :]).any(axis=1))[0])
-            raise VcfstoreError(
-                f"window {window}: query {bad} is masked differently from the mask its index was built with "
-                f"({self.index_set.entry(window).mask_version}); rebuild the index set for these masks "
-                "(IndexSet.rebuild) or use backend='exact'"
-            )
+        for row in np.unique(q == vocab.mask, axis=0):
+            self.index_set.check_fresh(window, mask=row)
         with torch.no_grad(), eval_mode(self.layer):
             x = embed(
                 self.layer, q, np.broadcast_to(qaf, q.shape), forward_kwargs=self.forward_kwargs, device=self.device
@@ -181,7 +175,7 @@ class Retriever:
         """
         for key in ("hap_1", "hap_2", "af", "window_idx"):
             if key not in batch:
-                raise VcfstoreError(f"batch has no {key!r}; it needs hap_1, hap_2, af and window_idx")
+                raise ArgumentError(f"batch has no {key!r}; it needs hap_1, hap_2, af and window_idx")
         h1, h2 = to_numpy(batch["hap_1"]), to_numpy(batch["hap_2"])
         af = to_numpy(batch["af"]).astype(np.float32)
         windows = to_numpy(batch["window_idx"]).astype(np.int64).reshape(-1)
@@ -197,7 +191,7 @@ class Retriever:
             )
             idx[0, members], idx[1, members] = found[: len(members)], found[len(members) :]
             uniq, inverse = np.unique(found, return_inverse=True)
-            tokens = self.windows.tokens(int(w), rows=uniq)  # complete (unmasked) tokens
+            tokens = self.window_cache.tokens(int(w), rows=uniq)  # complete (unmasked) tokens
             emb = embed(
                 self.layer, tokens, self.store.window_af(int(w)), forward_kwargs=self.forward_kwargs, device=self.device
             )

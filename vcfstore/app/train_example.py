@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .budget import MemoryBudget
-from .data import IGNORE_INDEX, TargetDataset, WindowGroupedBatchSampler, collate
-from .masks import MaskSchedule
-from .meter import PeakSampler
-from .models import PositionwiseEmbedding
-from .retrieval import Retriever
-from .simulate import simulate_reference_and_targets
-from .store import PanelStore
+from vcfstore.memory.budget import MemoryBudget
+from vcfstore.memory.meters import PeakSampler
+from vcfstore.retrieval.layers import PositionwiseEmbedding
+from vcfstore.retrieval.retriever import Retriever
+from vcfstore.retrieval.torch_data import IGNORE_INDEX, TargetDataset, WindowGroupedBatchSampler, collate
+from vcfstore.simulate import simulate_reference_and_targets
+from vcfstore.store.masks import MaskSchedule
+from vcfstore.store.reader import PanelStore
 
 
 class TinyImputer(nn.Module):

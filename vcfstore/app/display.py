@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from vcfstore.memory.budget import format_bytes
 
 
 def print_store_info(s: dict[str, Any]) -> None:
@@ -28,3 +31,21 @@ def print_store_info(s: dict[str, Any]) -> None:
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
+
+
+def budget_table(r: dict[str, Any]) -> str:
+    """A :meth:`MemoryBudget.report <vcfstore.MemoryBudget.report>` as a readable table."""
+    t = Table(title=f"memory budget ({r['limit_source']})")
+    t.add_column("what")
+    t.add_column("anonymous", justify="right")
+    t.add_column("mapped", justify="right")
+    t.add_row("limit", format_bytes(r["limit"]), format_bytes(r["mapped_limit"]))
+    t.add_row("soft level", format_bytes(r["soft_limit"]), "")
+    t.add_row("now", format_bytes(r["anon"]), format_bytes(r["mapped"]))
+    t.add_row("peak", format_bytes(r["peak_anon"]), format_bytes(r["peak_mapped"]))
+    for name, u in r["consumers"].items():
+        ev = r["evictions"].get(name, 0)
+        t.add_row(f"  {name} ({ev} evictions)", format_bytes(u["anon"]), format_bytes(u["mapped"]))
+    console = Console(width=100, record=True, file=io.StringIO())  # recorded, never printed
+    console.print(t)
+    return console.export_text()

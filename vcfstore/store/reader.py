@@ -1,20 +1,6 @@
 """The panel store: one reference panel in a Zarr v3 group, read lazily and fork-safely.
 
-Layout (format version 1)::
-
-    alleles        uint8 [n_haplotypes, ceil(n_sites / 8)]  phased 0/1 bit-packed along sites
-                                                            (np.packbits, big bit order);
-                                                            chunks of all haplotypes x
-                                                            chunk_sites sites, Zstd
-    sites/position int64 [n_sites]      sites/contig int16 [n_sites] (index into attrs contigs)
-    sites/id, sites/ref, sites/alt  str [n_sites]
-    sites/af       float32 [n_sites]    allele frequency of ALT
-    samples        str [n_samples]      haplotype h belongs to sample h // 2
-    windows        int64 [n_windows, 2] half-open site ranges
-
-Chunks run along sites and hold every haplotype (up to ``haplotype_chunk``): similar
-haplotypes then sit next to each other and compress together (the README has the figures), and
-a window of up to 1028 sites touches at most two chunks.
+The on-disk layout is described in :mod:`vcfstore.store.format`.
 """
 
 from __future__ import annotations
@@ -26,11 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
-from .vocab import Vocabulary, layout_tokens, pad_sites
-
-FORMAT_VERSION = 1
-ATTR_KEY = "vcfstore"
+from vcfstore.errors import StoreError
+from vcfstore.store.format import ATTR_KEY, STORE_FORMAT_VERSION
+from vcfstore.store.vocab import Vocabulary, layout_tokens, pad_sites
 
 
 def open_store(path: str | os.PathLike[str]) -> PanelStore:
@@ -73,10 +57,10 @@ class PanelStore:
         if attrs is None:
             raise StoreError(f"{self.path}: not a vcfstore panel store")
         meta = dict(attrs[ATTR_KEY])
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") != STORE_FORMAT_VERSION:
             raise StoreError(
                 f"{self.path}: store format version {meta.get('format_version')} is not supported "
-                f"(this vcfstore reads version {FORMAT_VERSION}); rebuild it"
+                f"(this vcfstore reads version {STORE_FORMAT_VERSION}); rebuild it"
             )
         if not meta.get("complete"):
             raise StoreError(
@@ -171,7 +155,8 @@ class PanelStore:
         }
 
     # --- windows ---------------------------------------------------------------------------
-    def _check_window(self, w: int) -> int:
+    def check_window(self, w: int) -> int:
+        """``w`` as an int, or a :class:`StoreError` naming the valid range."""
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)):
             raise StoreError(f"window index must be an integer, not {type(w).__name__}")
         if not 0 <= w < self.n_windows:
@@ -182,7 +167,7 @@ class PanelStore:
 
     def window_sites(self, w: int) -> range:
         """The site indices of window ``w``."""
-        start, end = self.windows[self._check_window(w)]
+        start, end = self.windows[self.check_window(w)]
         return range(int(start), int(end))
 
     def window_alleles(self, w: int, rows: np.ndarray | None = None) -> np.ndarray:

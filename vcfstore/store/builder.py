@@ -26,14 +26,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import __version__
-from .errors import InputError, StoreError
-from .sources import ArraySource, SiteBlock, SiteSource
-from .store import ATTR_KEY, FORMAT_VERSION, PanelStore, read_store_attrs
-from .vocab import Vocabulary
-from .windows import check_window_size, check_windows, fixed_windows
+from vcfstore._version import __version__
+from vcfstore.errors import InputError, StoreError
+from vcfstore.sources import ArraySource, SiteBlock, SiteSource
+from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
+from vcfstore.store.reader import PanelStore, read_store_attrs
+from vcfstore.store.vocab import Vocabulary
+from vcfstore.store.windows import check_window_size, check_windows, fixed_windows
 
-PROGRESS_KEY = "vcfstore_build"
 DEFAULT_CHUNK_SITES = 2048
 DEFAULT_ZSTD_LEVEL = 15
 
@@ -157,7 +157,7 @@ class _Writer:
         import zarr
 
         identity = hashlib.sha256(
-            json.dumps([FORMAT_VERSION, described["sha256"], params], sort_keys=True).encode()
+            json.dumps([STORE_FORMAT_VERSION, described["sha256"], params], sort_keys=True).encode()
         ).hexdigest()[:32]
         existing = _existing(out)
         if existing is not None:
@@ -208,7 +208,7 @@ class _Writer:
         samples = root.create_array("samples", shape=(len(source.samples),), dtype=str, compressors=light)
         samples[:] = np.asarray(source.samples, dtype=str)
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": STORE_FORMAT_VERSION,
             "complete": False,
             "identity": identity,
             "created_with": f"vcfstore {__version__}",
@@ -226,7 +226,7 @@ class _Writer:
         """Cut every array back to the committed sites (a killed build may have written more)."""
         alleles = self.root["alleles"]
         alleles.resize((alleles.shape[0], (self.sites + 7) // 8))
-        for name in ("position", "contig", "af", "id", "ref", "alt"):
+        for name in SITE_COLUMNS:
             self.root[f"sites/{name}"].resize((self.sites,))
 
     def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:

@@ -32,19 +32,19 @@ import ctypes
 import itertools
 import os
 import threading
-import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import VcfstoreError
-from .limits import Limit, effective_machine_limit, parse_size
-from .meter import MemorySample, PeakSampler, StatmMeter
+from vcfstore.errors import ArgumentError, MemoryBudgetExceeded
+from vcfstore.memory.limits import Limit, effective_machine_limit, parse_size
+from vcfstore.memory.meters import PeakSampler, PssMeter, StatmMeter
 
 DEFAULT_LIMIT = "11GB"
-KINDS = ("anon", "mapped", "gpu")
+MEMORY_KINDS = ("anon", "mapped", "gpu")
 
 # Monotonic use counter shared by every cache of the process: LRU order across consumers.
 _TICK = itertools.count()
@@ -57,10 +57,6 @@ def tick() -> int:
     return next(_TICK)
 
 
-class MemoryBudgetExceeded(MemoryError, VcfstoreError):
-    """An allocation cannot fit in the memory budget, even after evicting everything evictable."""
-
-
 class Consumer(Protocol):
     """Something that holds memory the budget may ask it to release (a cache)."""
 
@@ -71,7 +67,7 @@ class Consumer(Protocol):
         ...
 
     def oldest(self, kind: str) -> int | None:
-        """Use tick of the least recently used entry holding ``kind`` memory (one of :data:`KINDS`)."""
+        """Use tick of the least recently used entry holding ``kind`` memory (one of :data:`MEMORY_KINDS`)."""
         ...
 
     def evict_oldest(self, kind: str) -> int:
@@ -90,38 +86,6 @@ def malloc_trim() -> bool:
         return bool(libc.malloc_trim(0))
     except (OSError, AttributeError):
         return False
-
-
-class PssMeter:
-    """Anonymous memory as proportional set size, for forked worker processes.
-
-    ``Pss_Anon`` divides pages shared copy-on-write with the parent among the sharers; it costs
-    a walk of the mappings (about 0.5 ms at 600 MB), so it is re-read at most every
-    ``interval`` seconds and the cheap statm reading tracks the change in between.
-    """
-
-    def __init__(self, interval: float = 0.25) -> None:
-        self.interval = interval
-        self.statm = StatmMeter()
-        self._last = -1.0
-        self._pss_anon = 0
-        self._statm_anon = 0
-
-    def read(self) -> MemorySample:
-        now = time.monotonic()
-        s = self.statm.read()
-        if now - self._last >= self.interval:
-            self._pss_anon = _pss_anon()
-            self._statm_anon, self._last = s.anon, now
-        return MemorySample(rss=s.rss, anon=max(0, self._pss_anon + s.anon - self._statm_anon))
-
-
-def _pss_anon() -> int:
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss_Anon:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no Pss_Anon in /proc/self/smaps_rollup")
 
 
 @dataclass
@@ -181,12 +145,13 @@ class MemoryBudget:
         )
         self.gpu_limit = None if gpu_limit is None else parse_size(gpu_limit, machine_limit=self.machine_limit.nbytes)
         if not 0 < soft_fraction <= 1:
-            raise VcfstoreError(f"soft_fraction must be in (0, 1], not {soft_fraction}")
+            raise ArgumentError(f"soft_fraction must be in (0, 1], not {soft_fraction}")
         self.soft_fraction = soft_fraction
         self.uid = uuid.uuid4().hex
         self._meter = meter
         self._meter_pid: int | None = None
-        self.consumers: list[Consumer] = []
+        # Held weakly: a cache that its owner drops stops counting (and is never evicted from).
+        self._consumers: weakref.WeakValueDictionary[int, Consumer] = weakref.WeakValueDictionary()
         self.stats = _Stats()
         self._lock = threading.RLock()
         self._sampler: _Sampler | None = None
@@ -233,16 +198,22 @@ class MemoryBudget:
         return sum(c.usage()[kind] for c in self.consumers)
 
     # --- consumers -------------------------------------------------------------------------
+    @property
+    def consumers(self) -> list[Consumer]:
+        """The live registered consumers, in registration order."""
+        return [c for _, c in sorted(self._consumers.items())]
+
     def register(self, consumer: Consumer) -> None:
-        """Let the budget evict from ``consumer`` when memory is needed."""
+        """Let the budget evict from ``consumer`` when memory is needed (held weakly)."""
         with self._lock:
-            if consumer not in self.consumers:
-                self.consumers.append(consumer)
+            if consumer not in self._consumers.values():
+                self._consumers[next(_TICK)] = consumer
 
     def unregister(self, consumer: Consumer) -> None:
         with self._lock:
-            if consumer in self.consumers:
-                self.consumers.remove(consumer)
+            for key, c in list(self._consumers.items()):
+                if c is consumer:
+                    del self._consumers[key]
 
     def _evict_one(self, kind: str) -> int | None:
         """Evict the globally least recently used entry of ``kind``; None if nothing is left."""
@@ -269,8 +240,8 @@ class MemoryBudget:
         :class:`MemoryBudgetExceeded`; mapped requests never raise (mapped pages are reclaimable)
         and are counted as over the limit instead.
         """
-        if kind not in KINDS:
-            raise VcfstoreError(f"kind must be one of {KINDS}, not {kind!r}")
+        if kind not in MEMORY_KINDS:
+            raise ArgumentError(f"kind must be one of {MEMORY_KINDS}, not {kind!r}")
         nbytes = int(nbytes)
         with self._lock:
             if kind == "anon":
@@ -281,8 +252,9 @@ class MemoryBudget:
             if kind == "gpu" and self.gpu_limit is not None and nbytes > self.gpu_limit:
                 self.stats.refused += 1
                 raise MemoryBudgetExceeded(
-                    f"memory budget exceeded: {what} needs {_fmt(nbytes)} of GPU memory, more than the GPU limit of "
-                    f"{_fmt(self.gpu_limit)}; raise gpu_limit, use a smaller index kind (fp16), or search on the CPU"
+                    f"memory budget exceeded: {what} needs {format_bytes(nbytes)} of GPU memory, more than the GPU "
+                    f"limit of {format_bytes(self.gpu_limit)}; raise gpu_limit, use a smaller index kind (fp16), "
+                    "or search on the CPU"
                 )
             while True:
                 anon, mapped = self.measure()
@@ -322,16 +294,20 @@ class MemoryBudget:
 
     def _refusal(self, nbytes: int, what: str, anon: int) -> str:
         lines = [
-            f"memory budget exceeded: {what} needs {_fmt(nbytes)}, but this process already uses "
-            f"{_fmt(anon)} of anonymous memory and its limit is {_fmt(self.limit)} "
+            f"memory budget exceeded: {what} needs {format_bytes(nbytes)}, but this process already uses "
+            f"{format_bytes(anon)} of anonymous memory and its limit is {format_bytes(self.limit)} "
             f"({self._limit_text()}), even with every cache emptied.",
             "usage by consumer:",
         ]
         for c in self.consumers:
             u = c.usage()
-            lines.append(f"  {c.name}: {_fmt(u['anon'])} anonymous, {_fmt(u['mapped'])} mapped, {_fmt(u['gpu'])} GPU")
+            lines.append(
+                f"  {c.name}: {format_bytes(u['anon'])} anonymous, {format_bytes(u['mapped'])} mapped, "
+                f"{format_bytes(u['gpu'])} GPU"
+            )
         lines.append(
-            f"  everything else (interpreter, model, batches): {_fmt(max(0, anon - self.held('anon')))} anonymous"
+            "  everything else (interpreter, model, batches): "
+            f"{format_bytes(max(0, anon - self.held('anon')))} anonymous"
         )
         lines.append(
             "to fix: raise the limit (MemoryBudget(limit=...)), lower the batch size or index size "
@@ -384,25 +360,10 @@ class MemoryBudget:
         }
 
     def report_table(self) -> str:
-        """:meth:`report` as a readable table."""
-        from rich.console import Console
-        from rich.table import Table
+        """:meth:`report` as a readable table (see :func:`vcfstore.app.display.budget_table`)."""
+        from vcfstore.app.display import budget_table
 
-        r = self.report()
-        t = Table(title=f"memory budget ({r['limit_source']})")
-        t.add_column("what")
-        t.add_column("anonymous", justify="right")
-        t.add_column("mapped", justify="right")
-        t.add_row("limit", _fmt(r["limit"]), _fmt(r["mapped_limit"]))
-        t.add_row("soft level", _fmt(r["soft_limit"]), "")
-        t.add_row("now", _fmt(r["anon"]), _fmt(r["mapped"]))
-        t.add_row("peak", _fmt(r["peak_anon"]), _fmt(r["peak_mapped"]))
-        for name, u in r["consumers"].items():
-            ev = r["evictions"].get(name, 0)
-            t.add_row(f"  {name} ({ev} evictions)", _fmt(u["anon"]), _fmt(u["mapped"]))
-        console = Console(width=100, record=True, file=open(os.devnull, "w"))
-        console.print(t)
-        return console.export_text()
+        return budget_table(self.report())
 
     def start_sampler(self, interval: float = 0.05) -> None:
         """Sample in a background thread: keep peaks and shrink caches above the soft level."""
@@ -424,12 +385,13 @@ class MemoryBudget:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_lock=None, _sampler=None, consumers=[], _meter=None, _meter_pid=None)
+        state.update(_lock=None, _sampler=None, _consumers=None, _meter=None, _meter_pid=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._consumers = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -444,7 +406,7 @@ class _WorkerInit:
         n = info.num_workers if info is not None else 1
         main = self.main_share if self.main_share is not None else 1 / (n + 1)
         if not 0 <= main < 1:
-            raise VcfstoreError(f"main_share must be in [0, 1), not {main}")
+            raise ArgumentError(f"main_share must be in [0, 1), not {main}")
         _PROCESS_SHARE[self.uid] = (1 - main) / n
 
 
@@ -468,7 +430,8 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def _fmt(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``n`` bytes in GiB, MiB or KiB with two decimals."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"

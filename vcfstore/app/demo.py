@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .meter import best_time
+from vcfstore.testing import best_time
 
 
 def run_demo(
@@ -24,11 +24,11 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> None:
     """Simulate (or read) a panel, build a store, read it, retrieve under a budget, train briefly."""
-    from .build import build_store
-    from .display import print_store_info
-    from .masks import MaskSchedule
-    from .simulate import TreeSequenceSource, simulate_panel
-    from .sources import open_source
+    from vcfstore.app.display import print_store_info
+    from vcfstore.simulate import TreeSequenceSource, simulate_panel
+    from vcfstore.sources import open_source
+    from vcfstore.store.builder import build_store
+    from vcfstore.store.masks import MaskSchedule
 
     with tempfile.TemporaryDirectory(prefix="vcfstore-demo-") as tmp:
         store_dir = out_dir or Path(tmp) / "panel.vcfstore"
@@ -71,7 +71,7 @@ def run_demo(
 
         _retrieval(store, schedule, w, echo)
         if train_steps:
-            from .train_example import split_panel, train
+            from vcfstore.app.train_example import split_panel, train
 
             echo(
                 f"5. training a small VCF-Bert-like model with K=1 retrieval for {train_steps} steps "
@@ -89,9 +89,9 @@ def _retrieval(store: Any, schedule: Any, w: int, echo: Callable[[str], None]) -
     """Step 4: K-nearest references of a batch of masked queries under a memory budget."""
     import torch
 
-    from .budget import MemoryBudget
-    from .models import PositionwiseEmbedding
-    from .retrieval import Retriever
+    from vcfstore.memory.budget import MemoryBudget
+    from vcfstore.retrieval.layers import PositionwiseEmbedding
+    from vcfstore.retrieval.retriever import Retriever
 
     echo("4. retrieval under a memory budget (exact token-space search, no index files)")
     budget = MemoryBudget("2GB")

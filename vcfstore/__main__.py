@@ -1,0 +1,5 @@
+"""``python -m vcfstore``: the command line."""
+
+from vcfstore.app.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The application around the library: the ``vcfstore`` command line, the demo, tables for people."""

@@ -1,0 +1,34 @@
+"""The memory budget: limits (cgroup-aware), cheap meters, budgeted LRU caches, the window cache.
+
+Importing this package loads neither torch nor FAISS.
+"""
+
+from __future__ import annotations
+
+from vcfstore.errors import MemoryBudgetExceeded
+from vcfstore.memory.budget import MEMORY_KINDS, Consumer, MemoryBudget, format_bytes, malloc_trim, tick
+from vcfstore.memory.limits import Limit, cgroup_limits, effective_machine_limit, parse_size, physical_memory
+from vcfstore.memory.lru import LruCache
+from vcfstore.memory.meters import MemorySample, PeakSampler, PssMeter, StatmMeter
+from vcfstore.memory.window_cache import WindowCache
+
+__all__ = [
+    "MEMORY_KINDS",
+    "Consumer",
+    "Limit",
+    "LruCache",
+    "MemoryBudget",
+    "MemoryBudgetExceeded",
+    "MemorySample",
+    "PeakSampler",
+    "PssMeter",
+    "StatmMeter",
+    "WindowCache",
+    "cgroup_limits",
+    "effective_machine_limit",
+    "format_bytes",
+    "malloc_trim",
+    "parse_size",
+    "physical_memory",
+    "tick",
+]

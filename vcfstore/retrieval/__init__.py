@@ -1,0 +1,32 @@
+"""Retrieval: calling embedding layers, the exact token-space search, the retriever, the PyTorch data path.
+
+Importing this package imports torch (not FAISS).
+"""
+
+from __future__ import annotations
+
+from vcfstore.errors import NotPositionwiseError
+from vcfstore.retrieval.embedding import Embedding, embed, embedding_device, embedding_digest, eval_mode, to_numpy
+from vcfstore.retrieval.exact_search import ExactSearcher, top_k
+from vcfstore.retrieval.layers import ConvEmbedding, PositionwiseEmbedding
+from vcfstore.retrieval.retriever import Retriever
+from vcfstore.retrieval.torch_data import IGNORE_INDEX, TargetDataset, WindowGroupedBatchSampler, collate
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ConvEmbedding",
+    "Embedding",
+    "ExactSearcher",
+    "NotPositionwiseError",
+    "PositionwiseEmbedding",
+    "Retriever",
+    "TargetDataset",
+    "WindowGroupedBatchSampler",
+    "collate",
+    "embed",
+    "embedding_device",
+    "embedding_digest",
+    "eval_mode",
+    "to_numpy",
+    "top_k",
+]

@@ -1,0 +1,194 @@
+"""The input policy, applied to raw records by one :class:`RecordFilter` for every source.
+
+VCF/BCF (through cyvcf2, i.e. htslib), VCF Zarr (bio2zarr's ``vcf2zarr`` layout), arrays and
+tree sequences all go through the same filter, which applies the policy (multiallelic, non-SNV,
+unphased, missing, duplicates) and the ordering checks in one place.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from vcfstore.errors import InputError
+from vcfstore.sources.base import SiteBlock
+
+_MISSING = -1  # htslib and vcf2zarr: a missing allele
+_VECTOR_END = -2  # htslib and vcf2zarr: padding of a call with fewer alleles than the maximum
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """What to do with records that are not phased, complete, biallelic SNVs.
+
+    Parameters
+    ----------
+    multiallelic : {"skip", "split"}
+        Skip records with several ALT alleles, or split them into one biallelic site per ALT
+        (the haplotypes carrying that ALT get 1, every other haplotype 0).
+    non_snv : {"skip", "keep"}
+        Skip indels and symbolic alleles, or keep them as ordinary biallelic sites.
+    unphased : {"error", "skip-site", "keep"}
+        A heterozygous call written unphased (``0/1``) stops the build (naming the record), drops
+        the site, or is kept in the written allele order. Unphased homozygous calls are
+        unambiguous and always accepted.
+    missing : {"error", "skip-site", "ref"}
+        A missing allele (``.``) stops the build, drops the site, or is read as REF.
+    duplicates : {"error", "skip"}
+        A second record at the same position stops the build or is dropped (the first is kept).
+    """
+
+    multiallelic: Literal["skip", "split"] = "skip"
+    non_snv: Literal["skip", "keep"] = "skip"
+    unphased: Literal["error", "skip-site", "keep"] = "error"
+    missing: Literal["error", "skip-site", "ref"] = "error"
+    duplicates: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "multiallelic": ("skip", "split"),
+            "non_snv": ("skip", "keep"),
+            "unphased": ("error", "skip-site", "keep"),
+            "missing": ("error", "skip-site", "ref"),
+            "duplicates": ("error", "skip"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} policy must be one of {allowed}, not {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class RecordFilter:
+    """Applies an :class:`InputPolicy` and the ordering checks to blocks of raw records.
+
+    Raw records come as parallel lists plus ``gt`` int [n, n_samples, ploidy] with htslib's
+    codes (-1 missing, -2 vector end) and ``phased`` bool [n, n_samples].
+    """
+
+    policy: InputPolicy
+    counts: Counter[str] = field(default_factory=Counter)
+    _contig: str | None = None
+    _last_pos: int = -1
+    _last_kept_pos: int = -1
+    _done_contigs: set[str] = field(default_factory=set)
+
+    def __call__(
+        self,
+        contigs: Sequence[str],
+        positions: Sequence[int],
+        ids: Sequence[str],
+        refs: Sequence[str],
+        alts: Sequence[Sequence[str]],
+        gt: np.ndarray,
+        phased: np.ndarray,
+        info_af: Sequence[Sequence[float] | None] | None,
+    ) -> SiteBlock:
+        n = len(positions)
+        if gt.ndim != 3 or gt.shape[0] != n:
+            raise InputError(f"genotype block has shape {gt.shape}; expected ({n}, n_samples, 2)")
+        missing = (gt == _MISSING).any(axis=(1, 2))
+        unphased_het = (~phased & (gt[:, :, 0] != gt[:, :, -1])).any(axis=1)
+        self.counts["unphased_homozygous_calls"] += int((~phased & (gt[:, :, 0] == gt[:, :, -1])).sum())
+        out_rows: list[tuple[int, int]] = []  # (record index, ALT number)
+        for i in range(n):
+            self.counts["records"] += 1
+            where = f"{contigs[i]}:{positions[i]}" + (f" ({ids[i]})" if ids[i] not in ("", ".") else "")
+            self._check_order(contigs[i], int(positions[i]), where)
+            if gt.shape[2] != 2 or (gt[i] == _VECTOR_END).any():
+                raise InputError(f"record {where} is not diploid for every sample (mixed or other ploidy)")
+            alt_numbers = self._alt_numbers(refs[i], alts[i])
+            if not alt_numbers:
+                continue
+            if int(positions[i]) == self._last_kept_pos:
+                if self.policy.duplicates == "error":
+                    raise InputError(f"record {where} repeats the position of an earlier site (duplicate position)")
+                self.counts["skipped_duplicate"] += 1
+                continue
+            if missing[i]:
+                if self.policy.missing == "error":
+                    raise InputError(f"record {where} has missing genotypes; choose a --missing policy")
+                if self.policy.missing == "skip-site":
+                    self.counts["skipped_missing"] += 1
+                    continue
+                self.counts["missing_read_as_ref"] += 1
+            if unphased_het[i]:
+                if self.policy.unphased == "error":
+                    raise InputError(
+                        f"record {where} has unphased heterozygous genotypes; "
+                        "vcfstore needs phased haplotypes (choose an --unphased policy)"
+                    )
+                if self.policy.unphased == "skip-site":
+                    self.counts["skipped_unphased"] += 1
+                    continue
+                self.counts["unphased_kept"] += 1
+            self._last_kept_pos = int(positions[i])
+            out_rows.extend((i, k) for k in alt_numbers)
+        return self._block(contigs, positions, ids, refs, alts, gt, info_af, out_rows)
+
+    def _check_order(self, contig: str, pos: int, where: str) -> None:
+        if contig != self._contig:
+            if contig in self._done_contigs:
+                raise InputError(f"record {where}: contig {contig} appears again after other contigs (unsorted input)")
+            if self._contig is not None:
+                self._done_contigs.add(self._contig)
+            self._contig, self._last_pos, self._last_kept_pos = contig, -1, -1
+        if pos < self._last_pos:
+            raise InputError(f"record {where} comes after position {self._last_pos}: positions are not sorted")
+        self._last_pos = pos
+
+    def _alt_numbers(self, ref: str, alts: Sequence[str]) -> list[int]:
+        """The ALT numbers (1-based) that become sites of this record, counting what is skipped."""
+        alts = [a for a in alts if a not in ("", ".")]
+        if not alts:
+            self.counts["skipped_no_alt"] += 1
+            return []
+        if len(alts) > 1 and self.policy.multiallelic == "skip":
+            self.counts["skipped_multiallelic"] += 1
+            return []
+        keep = [k + 1 for k, a in enumerate(alts) if self.policy.non_snv == "keep" or _is_snv(ref, a)]
+        if not keep:
+            self.counts["skipped_non_snv"] += 1
+            return []
+        if len(alts) > 1:
+            self.counts["split_multiallelic"] += 1
+        return keep
+
+    def _block(self, contigs, positions, ids, refs, alts, gt, info_af, rows) -> SiteBlock:
+        n_hap = gt.shape[1] * 2
+        if not rows:
+            return SiteBlock([], np.zeros(0, np.int64), [], [], [], np.zeros((0, n_hap), np.uint8), None)
+        idx = np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))
+        alt_no = np.fromiter((k for _, k in rows), dtype=np.int16, count=len(rows))
+        alleles = (gt[idx].reshape(len(rows), n_hap) == alt_no[:, None]).astype(np.uint8)
+        af = None
+        if info_af is not None:
+            af = np.array([_info_af_value(info_af[r], k) for r, k in rows], dtype=np.float32)
+        self.counts["sites"] += len(rows)
+        return SiteBlock(
+            [contigs[r] for r, _ in rows],
+            np.asarray(positions, dtype=np.int64)[idx],
+            [ids[r] for r, _ in rows],
+            [refs[r] for r, _ in rows],
+            [alts[r][k - 1] for r, k in rows],
+            alleles,
+            af,
+        )
+
+
+def _is_snv(ref: str, alt: str) -> bool:
+    return len(ref) == 1 and len(alt) == 1 and alt.upper() in "ACGT" and ref.upper() in "ACGTN"
+
+
+def _info_af_value(values: Sequence[float] | float | None, alt_number: int) -> float:
+    if values is None:
+        return float("nan")
+    if np.isscalar(values):
+        return float(values) if alt_number == 1 else float("nan")
+    return float(values[alt_number - 1]) if alt_number <= len(values) else float("nan")

@@ -1,0 +1,33 @@
+"""The panel store: its format, vocabulary, reader, streamed builder, windows and masks.
+
+Importing this package loads neither torch nor FAISS.
+"""
+
+from __future__ import annotations
+
+from vcfstore.store.builder import build_from_arrays, build_store
+from vcfstore.store.format import ATTR_KEY, STORE_FORMAT_VERSION
+from vcfstore.store.masks import EpochMasks, MaskSchedule, masks_version
+from vcfstore.store.reader import PanelStore, open_store, read_store_attrs
+from vcfstore.store.vocab import Vocabulary, layout_site_tokens, layout_tokens, pad_sites
+from vcfstore.store.windows import check_windows, fixed_windows, read_windows_csv
+
+__all__ = [
+    "ATTR_KEY",
+    "STORE_FORMAT_VERSION",
+    "EpochMasks",
+    "MaskSchedule",
+    "PanelStore",
+    "Vocabulary",
+    "build_from_arrays",
+    "build_store",
+    "check_windows",
+    "fixed_windows",
+    "layout_site_tokens",
+    "layout_tokens",
+    "masks_version",
+    "open_store",
+    "pad_sites",
+    "read_store_attrs",
+    "read_windows_csv",
+]
