@@ -11,10 +11,8 @@ import pytest
 from torch.utils.data import DataLoader, Dataset
 
 import vcfstore as vs
-from vcfstore.memory import malloc_trim
-from vcfstore.memory import LruCache
+from vcfstore.memory import LruCache, MemorySample, malloc_trim
 from vcfstore.memory.limits import Limit, cgroup_limits, effective_machine_limit, parse_size
-from vcfstore.memory import MemorySample
 from vcfstore.testing import run_measured
 
 GB = 10**9

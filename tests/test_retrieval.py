@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 
 import vcfstore as vs
 from vcfstore.errors import NotPositionwiseError
-from vcfstore.retrieval import top_k
 from vcfstore.index import IndexSet
+from vcfstore.retrieval import top_k
 from vcfstore.retrieval.layers import ConvEmbedding, PositionwiseEmbedding
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 from pathlib import Path
 
 _PIECE = 1 << 22
@@ -25,8 +27,36 @@ def file_sha256(path: str | os.PathLike[str], *, limit: int | None = None) -> st
 
 
 def temp_path(path: Path) -> Path:
-    """The temporary name a writer of ``path`` uses before moving it into place (unique per process)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """The temporary name a writer of ``path`` uses before moving it into place (unique per process).
+
+    The name carries the host and pid, so a later writer can tell a dead process's leftover
+    (:func:`remove_stale_temps`) from a live writer's file.
+    """
+    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.tmp")
+
+
+_TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0].replace(".", "_") or "host"
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete temporary files that dead writers on this host left in ``directory``; returns them.
+
+    A killed or disk-full build leaves its ``.NAME.HOST.PID.tmp`` files (up to the size of a
+    whole index); files of live processes and of other hosts are left alone.
+    """
+    from vcfstore._lock import process_alive
+
+    removed = []
+    for p in directory.iterdir() if directory.is_dir() else ():
+        m = _TEMP.match(p.name)
+        if m and m["host"] == _host() and not process_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def fsync_dir(directory: Path) -> None:

@@ -25,17 +25,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import zarr
 
+from vcfstore._lock import WriterLock
 from vcfstore._version import __version__
 from vcfstore.errors import InputError, StoreError
 from vcfstore.sources import ArraySource, SiteBlock, SiteSource
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
+from vcfstore.store.integrity import record_checksums
 from vcfstore.store.reader import PanelStore, read_store_attrs
 from vcfstore.store.vocab import Vocabulary
 from vcfstore.store.windows import check_window_size, check_windows, fixed_windows
 
 DEFAULT_CHUNK_SITES = 2048
 DEFAULT_ZSTD_LEVEL = 15
+# Every chunk is written, empty ones too, so a chunk missing from disk is always damage (never "all REF").
+_EVERY_CHUNK = {"array.write_empty_chunks": True}
 
 
 def build_store(
@@ -120,24 +125,29 @@ def build_store(
         "vocab": vocab.to_dict(),
     }
     out = Path(out)
-    writer = _Writer.open(out, source, described, params, force)
-    try:
-        report = writer.run(source, block_sites, progress)
-        if supplied_af is not None and len(supplied_af) != writer.sites:
-            raise InputError(
-                f"the supplied allele frequencies have {len(supplied_af)} entries; the panel kept {writer.sites} sites"
-            )
-        if windows is None:
-            assert window_size is not None
-            windows = fixed_windows(writer.runs, window_size, overlap)
-        else:
-            windows = check_windows(windows, max_sites, writer.runs)
-    except InputError:
-        # The same input would fail at the same place again, so the unfinished store could
-        # never be resumed: remove it (it is ours and was never marked complete).
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    writer.finish(windows, supplied_af, report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One writer at a time: a lock file beside the store (zarr's mode="w" clears the directory).
+    lock = WriterLock(out.parent / f".{out.name}.lock", f"building from {described['name']}", StoreError)
+    with lock, zarr.config.set(_EVERY_CHUNK):
+        writer = _Writer.open(out, source, described, params, force)
+        try:
+            report = writer.run(source, block_sites, progress)
+            if supplied_af is not None and len(supplied_af) != writer.sites:
+                raise InputError(
+                    f"the supplied allele frequencies have {len(supplied_af)} entries; "
+                    f"the panel kept {writer.sites} sites"
+                )
+            if windows is None:
+                assert window_size is not None
+                windows = fixed_windows(writer.runs, window_size, overlap)
+            else:
+                windows = check_windows(windows, max_sites, writer.runs)
+        except InputError:
+            # The same input would fail at the same place again, so the unfinished store could
+            # never be resumed: remove it (it is ours and was never marked complete).
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        writer.finish(windows, supplied_af, report)
     return PanelStore(out)
 
 
@@ -322,9 +332,14 @@ class _Writer:
         if "windows" in self.root:
             del self.root["windows"]
         arr = self.root.create_array(
-            "windows", shape=windows.shape, dtype="int64", chunks=windows.shape, compressors=[ZstdCodec(level=3)]
+            "windows",
+            shape=windows.shape,
+            dtype="int64",
+            chunks=windows.shape,
+            compressors=[ZstdCodec(level=3)],
         )
         arr[:] = windows
+        record_checksums(self.out)  # every file as written; the reader checks each read against it
         meta = dict(self.meta)
         meta.update(
             complete=True,

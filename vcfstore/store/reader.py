@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from vcfstore.errors import StoreError
-from vcfstore.store.format import ATTR_KEY, STORE_FORMAT_VERSION
+from vcfstore.store.format import ATTR_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
+from vcfstore.store.integrity import open_verified_group, verify_files
 from vcfstore.store.vocab import Vocabulary, layout_tokens, pad_sites
 
 
@@ -66,6 +67,7 @@ class PanelStore:
             raise StoreError(
                 f"{self.path}: the build of this store did not finish; run the same build again to resume it"
             )
+        _check_meta(self.path, meta)
         self.meta = meta
         self._pid: int | None = None
         self._root: Any = None
@@ -87,11 +89,35 @@ class PanelStore:
     def root(self) -> Any:
         """The Zarr group, opened in this process (reopened after a fork)."""
         if self._root is None or self._pid != os.getpid():
-            import zarr
-
-            self._root = zarr.open_group(str(self.path), mode="r")
+            self._root = open_verified_group(self.path)
             self._pid = os.getpid()
+            self._check_shapes(self._root)
         return self._root
+
+    def _check_shapes(self, root: Any) -> None:
+        """The arrays must have the shapes the metadata promises (a cheap guard against a mixed-up store)."""
+        want = {
+            "alleles": (self.n_haplotypes, (self.n_sites + 7) // 8),
+            "windows": (self.n_windows, 2),
+            **{f"sites/{name}": (self.n_sites,) for name in SITE_COLUMNS},
+        }
+        for name, shape in want.items():
+            try:
+                got = tuple(root[name].shape)
+            except KeyError:
+                raise StoreError(f"{self.path}: array {name} is missing; rebuild the store") from None
+            if got != shape:
+                raise StoreError(f"{self.path}: array {name} has shape {got}, the store's metadata says {shape}")
+
+    def verify(self) -> list[str]:
+        """Check every file of the store against its checksum record; one line per damaged part (empty: intact)."""
+        problems = verify_files(self.path)
+        if not problems:
+            try:
+                self._check_shapes(open_verified_group(self.path))
+            except StoreError as e:
+                problems.append(str(e))
+        return problems
 
     # --- sizes and metadata ----------------------------------------------------------------
     @property
@@ -257,3 +283,34 @@ class PanelStore:
 def _strings(values: np.ndarray) -> np.ndarray:
     """Zarr's variable-length strings (NumPy StringDType) as a plain fixed-width str array."""
     return np.array(np.asarray(values).tolist(), dtype=str)
+
+
+# The metadata keys the reader relies on, with their types (a damaged zarr.json gives a one-line error).
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "identity": str,
+    "n_haplotypes": int,
+    "n_sites": int,
+    "n_windows": int,
+    "max_seq_len": int,
+    "vocab": dict,
+    "contig_runs": list,
+    "params": dict,
+    "input": dict,
+    "counts": dict,
+}
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    for key, want in _META_TYPES.items():
+        value = meta.get(key)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise StoreError(
+                f"{path / 'zarr.json'}: store attribute {key!r} is missing or has the wrong type; the store is damaged"
+            )
+    try:
+        Vocabulary.from_dict(meta["vocab"])
+        runs = [(str(c), int(a), int(b)) for c, a, b in meta["contig_runs"]]
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{path / 'zarr.json'}: store attribute 'vocab' or 'contig_runs' is damaged ({e})") from None
+    if meta["n_sites"] < 1 or meta["n_haplotypes"] < 2 or not runs or runs[-1][2] != meta["n_sites"]:
+        raise StoreError(f"{path / 'zarr.json'}: store attributes disagree (sites, haplotypes, contigs); damaged")
