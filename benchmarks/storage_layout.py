@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 import vcfstore as vs
-from vcfstore.testing import best_time
 from vcfstore.simulate import TreeSequenceSource, simulate_panel
+from vcfstore.testing import best_time
 
 from .common import REAL_DATA, dir_bytes, write_result
 
