@@ -28,6 +28,10 @@ def test_designs_quick(tmp_path):
     assert all("failed" not in row for row in result["summary"]), result["summary"]
     assert all(row["agreement_with_ram"] == 1.0 for row in rows)
     assert (tmp_path / "designs_quick.png").stat().st_size > 10_000
+    # The per-query neighbour lists stay out of the summary file (kept in git) and go to the raw one.
+    assert "neighbours" not in (tmp_path / "designs_quick.json").read_text()
+    raw = json.loads((tmp_path / "designs_quick_raw.json").read_text())
+    assert all("neighbours" in r for r in raw["phase_a"] if r["design"] != "faiss-extras")
 
 
 def test_storage_layout_quick(tmp_path):
