@@ -12,17 +12,18 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vcfstore._fileio import file_sha256, replace_durably, temp_path
+from vcfstore._fileio import file_sha256, remove_stale_temps, replace_durably, temp_path
+from vcfstore._lock import WriterLock
 from vcfstore.errors import IndexSetError
 from vcfstore.index.codes import CodesTemplate, check_streamed
-from vcfstore.index.manifest import HEAD_BYTES, Manifest, WindowEntry, factory_string, pack_mask, window_file
+from vcfstore.index.manifest import HEAD_BYTES, MANIFEST, Manifest, WindowEntry, factory_string, pack_mask, window_file
 from vcfstore.index.runtime import faiss
 from vcfstore.memory.budget import MemoryBudget, malloc_trim
 from vcfstore.retrieval.embedding import Embedding, embed, embedding_device
@@ -156,37 +157,47 @@ class IndexBuild:
         self.written_bytes = 0
 
     def is_valid(self, w: int) -> bool:
-        """Window ``w`` was written by an earlier (perhaps killed) build with these inputs."""
+        """Window ``w`` was written by an earlier (perhaps killed) build with these inputs, and is intact.
+
+        The whole file is re-hashed (1.8 GB/s here), so re-running a build repairs a damaged
+        window instead of keeping it.
+        """
         e = self.manifest.windows.get(w)
-        if e is None:
+        if e is None or e.weights != self.weights or e.mask_bits != pack_mask(self.masks[w]):
             return False
         path = self.directory / e.file
-        return (
-            e.weights == self.weights
-            and e.mask_bits == pack_mask(self.masks[w])
-            and path.is_file()
-            and path.stat().st_size == e.size
-        )
+        return path.is_file() and path.stat().st_size == e.size and file_sha256(path) == e.sha256
 
-    def write_window(self, w: int, on_done: Any = None) -> None:
+    def write_window(self, w: int, on_done: Callable[[int], None] | None = None) -> None:
+        """Write window ``w`` (unless another process holds it) and record it in the manifest."""
         mask = np.asarray(self.masks[w], dtype=bool)
-        fields, mappable = self.writer.write(w, mask, self.directory / window_file(w))
+        # One writer per window: several processes may build disjoint windows of one set (a
+        # cluster job array); two that pick the same window do not both write it.
+        with WriterLock(self.directory / f".{window_file(w)}.lock", "building this window", IndexSetError):
+            fields, mappable = self.writer.write(w, mask, self.directory / window_file(w))
         entry = WindowEntry(
-            window=w,
-            mask_version=self.mask_version,
-            mask_bits=pack_mask(mask),
-            weights=self.weights,
-            **fields,
+            window=w, mask_version=self.mask_version, mask_bits=pack_mask(mask), weights=self.weights, **fields
         )
-        with self._lock:  # the manifest is rewritten atomically after every window, in any order
+        with self._lock:
             self.manifest.dim, self.manifest.mappable = entry.dim, mappable
             self.manifest.windows[w] = entry
-            self.manifest.save(self.directory)
+            self._merge_and_save()
             self.written_bytes += entry.size
             if on_done is not None:
                 on_done(self.written_bytes)
 
-    def run(self, pending: Sequence[int], workers: int, on_done: Any = None) -> None:
+    def _merge_and_save(self) -> None:
+        """Rewrite the manifest atomically, keeping windows other processes wrote meanwhile."""
+        with WriterLock(self.directory / f".{MANIFEST}.lock", "updating the manifest", IndexSetError):
+            if (self.directory / MANIFEST).exists():
+                on_disk = Manifest.load(self.directory)
+                if on_disk.store == self.manifest.store and on_disk.kind == self.manifest.kind:
+                    for w, e in on_disk.windows.items():
+                        self.manifest.windows.setdefault(w, e)
+            self.manifest.save(self.directory)
+
+    def run(self, pending: Sequence[int], workers: int, on_done: Callable[[int], None] | None = None) -> None:
+        remove_stale_temps(self.directory)  # what killed or disk-full builds left behind
         if workers <= 1 or len(pending) <= 1:
             for w in pending:
                 self.write_window(w, on_done)

@@ -97,7 +97,8 @@ class Manifest:
                 raise IndexSetError(f"{path} is damaged: key {key!r} is missing or not a {want.__name__}")
         windows = {}
         for name, e in raw["windows"].items():
-            windows[_window_key(path, name)] = _entry(path, name, e)
+            key = _window_key(path, name)
+            windows[key] = _entry(path, name, e)
         return cls(
             store=raw["store"],
             kind=raw["kind"],
