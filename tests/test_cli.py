@@ -24,7 +24,7 @@ def test_build_and_info(tmp_path, real_data):
     r = runner.invoke(main, ["info", str(out), "--json"])
     info = json.loads(r.output)
     assert info["n_haplotypes"] == 600 and info["n_sites"] == 23670 and info["window_sites"]["max"] == 500
-    assert info["bytes_on_disk"]["alleles"] > 0 and info["format_version"] == 1
+    assert info["bytes_on_disk"]["alleles"] > 0 and info["format_version"] == 2
     r = runner.invoke(main, ["build", str(real_data / "reference.vcf.gz"), str(out), "--quiet"])
     assert r.exit_code == 1 and "holds a finished store" in r.output
 

@@ -173,3 +173,19 @@ def test_kill_9_at_random_points_then_resume_is_identical(sim_arrays, tmp_path):
         np.testing.assert_array_equal(store.read_alleles(0, store.n_sites), ref.read_alleles(0, ref.n_sites))
         np.testing.assert_array_equal(store.af, ref.af)
         shutil.rmtree(out)
+
+
+def test_cli_verify_and_info_report_damage(small_store):
+    from click.testing import CliRunner
+
+    from vcfstore.app.cli import main
+
+    runner = CliRunner()
+    ok = runner.invoke(main, ["verify", str(small_store.path)])
+    assert ok.exit_code == 0 and "intact" in ok.output
+    victim = next(p for p in _chunks(small_store, "alleles") if p.is_file())
+    victim.write_bytes(victim.read_bytes()[:-3])
+    bad = runner.invoke(main, ["verify", str(small_store.path)])
+    assert bad.exit_code == 1 and "array alleles, chunk (" in bad.output and "damaged part" in bad.output
+    info = runner.invoke(main, ["info", str(small_store.path)])
+    assert "DAMAGED" in info.output

@@ -140,6 +140,38 @@ def info(store_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@_user_errors
+def verify(path: Path) -> None:
+    """Check every file of a panel store or an index set against its checksums.
+
+    Reads and hashes everything; prints each damaged part and exits with status 1 if any.
+    """
+    from vcfstore.index.manifest import MANIFEST
+    from vcfstore.store.reader import PanelStore
+
+    if (path / MANIFEST).is_file():
+        problems = _verify_index_set(path)
+    else:
+        problems = PanelStore(path).verify()
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        raise click.ClickException(f"{path}: {len(problems)} damaged part(s)")
+    click.echo(f"{path}: intact")
+
+
+def _verify_index_set(path: Path) -> list[str]:
+    from vcfstore.index.manifest import Manifest, verify_index_files
+
+    manifest = Manifest.load(path)
+    return [
+        f"{path}: window {w}: {manifest.windows[w].file} is missing or does not match the manifest"
+        for w in verify_index_files(path, manifest)
+    ]
+
+
+@main.command()
 @click.option(
     "--vcf",
     "vcf_path",

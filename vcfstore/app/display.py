@@ -27,6 +27,12 @@ def print_store_info(s: dict[str, Any]) -> None:
         ("bits per genotype", f"{s['bits_per_genotype']:.4f}"),
         ("vs int64 tokens", f"{s['ratio_vs_int64_tokens']:,.0f}x smaller"),
         ("format version", str(s["format_version"])),
+        (
+            "files",
+            "DAMAGED: " + "; ".join(s["damage_seen_without_reading"])
+            if s["damage_seen_without_reading"]
+            else "all present with their recorded sizes (contents: vcfstore verify)",
+        ),
     ]
     for k, v in rows:
         table.add_row(k, v)

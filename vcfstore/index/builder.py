@@ -23,7 +23,16 @@ from vcfstore._fileio import file_sha256, remove_stale_temps, replace_durably, t
 from vcfstore._lock import WriterLock
 from vcfstore.errors import IndexSetError
 from vcfstore.index.codes import CodesTemplate, check_streamed
-from vcfstore.index.manifest import HEAD_BYTES, MANIFEST, Manifest, WindowEntry, factory_string, pack_mask, window_file
+from vcfstore.index.manifest import (
+    HEAD_BYTES,
+    MANIFEST,
+    Manifest,
+    WindowEntry,
+    factory_string,
+    file_intact,
+    pack_mask,
+    window_file,
+)
 from vcfstore.index.runtime import faiss
 from vcfstore.memory.budget import MemoryBudget, malloc_trim
 from vcfstore.retrieval.embedding import Embedding, embed, embedding_device
@@ -165,8 +174,7 @@ class IndexBuild:
         e = self.manifest.windows.get(w)
         if e is None or e.weights != self.weights or e.mask_bits != pack_mask(self.masks[w]):
             return False
-        path = self.directory / e.file
-        return path.is_file() and path.stat().st_size == e.size and file_sha256(path) == e.sha256
+        return file_intact(self.directory, e)
 
     def write_window(self, w: int, on_done: Callable[[int], None] | None = None) -> None:
         """Write window ``w`` (unless another process holds it) and record it in the manifest."""

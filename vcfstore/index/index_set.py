@@ -25,7 +25,7 @@ import numpy as np
 from vcfstore._fileio import file_sha256
 from vcfstore.errors import IndexSetError, StaleIndexError
 from vcfstore.index.builder import IndexBuild, WindowIndexWriter
-from vcfstore.index.manifest import MANIFEST, Manifest, WindowEntry, factory_string, pack_mask
+from vcfstore.index.manifest import MANIFEST, Manifest, WindowEntry, factory_string, pack_mask, verify_index_files
 from vcfstore.index.mapping import ADVICE, DEFAULT_ADVICE, MappedIndex, advise_mapping
 from vcfstore.index.runtime import faiss, set_search_threads
 from vcfstore.memory.budget import MemoryBudget
@@ -420,13 +420,9 @@ class IndexSet:
 
     def verify(self, windows: Sequence[int] | None = None) -> list[int]:
         """Re-hash index files against the manifest; returns the windows that fail."""
-        bad = []
-        for w in windows if windows is not None else sorted(self.manifest.windows):
-            e = self.entry(w)
-            path = self.directory / e.file
-            if not path.is_file() or path.stat().st_size != e.size or file_sha256(path) != e.sha256:
-                bad.append(w)
-        return bad
+        for w in windows or ():
+            self.entry(w)  # a clear error for a window without an index
+        return verify_index_files(self.directory, self.manifest, windows)
 
     def cache_stats(self) -> dict[str, Any]:
         """This process's cache of open indexes: entries, hits, misses and bytes by kind."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vcfstore._fileio import atomic_write_bytes
+from vcfstore._fileio import atomic_write_bytes, file_sha256
 from vcfstore.errors import IndexSetError
 
 MANIFEST = "manifest.json"
@@ -136,3 +137,18 @@ def _entry(path: Path, name: str, e: Any) -> WindowEntry:
         if not isinstance(e[key], want) or isinstance(e[key], bool):
             raise IndexSetError(f"{path} is damaged: window {name}, key {key!r} has the wrong type")
     return WindowEntry(**{k: e[k] for k in names})
+
+
+def verify_index_files(directory: Path, manifest: Manifest, windows: Iterable[int] | None = None) -> list[int]:
+    """Re-hash index files against the manifest; returns the windows whose file is missing or differs."""
+    return [
+        w
+        for w in (sorted(manifest.windows) if windows is None else windows)
+        if not file_intact(directory, manifest.windows[w])
+    ]
+
+
+def file_intact(directory: Path, e: WindowEntry) -> bool:
+    """The window's file exists with the size and SHA-256 the manifest records (reads it all)."""
+    path = directory / e.file
+    return path.is_file() and path.stat().st_size == e.size and file_sha256(path) == e.sha256

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -84,13 +84,21 @@ class TargetDataset(Dataset):
         state["_cache"] = None
         return state
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | ItemKey) -> dict[str, Any]:
+        """One item; ``index`` is an int (masked at this dataset's epoch) or an :class:`ItemKey`.
+
+        :class:`WindowGroupedBatchSampler` hands out ItemKeys carrying the epoch and rate of the
+        main process, so workers (persistent ones included) hold no epoch state of their own.
+        """
+        epoch, rate = self.epoch, self.rate
+        if isinstance(index, tuple):
+            index, epoch, rate = index
         if not 0 <= index < len(self):
             raise IndexError(f"item {index} out of range [0, {len(self)})")
         w, s = divmod(int(index), self.n_samples)
         if self._cache is None:
             self._cache = WindowCache(self.target, self.budget, max_windows=2)
-        mask = self.schedule.window_mask(self.reference, w, self.epoch, self.rate)
+        mask = self.schedule.window_mask(self.reference, w, epoch, rate)
         complete = self._cache.tokens(w, rows=np.array([2 * s, 2 * s + 1]))
         masked = complete.copy()
         masked[:, mask] = self.target.vocab.mask
@@ -107,13 +115,26 @@ class TargetDataset(Dataset):
         }
 
 
-class WindowGroupedBatchSampler(Sampler[list[int]]):
+class ItemKey(NamedTuple):
+    """An item index with the epoch and curriculum rate its mask is drawn for."""
+
+    index: int
+    epoch: int
+    rate: float
+
+
+class WindowGroupedBatchSampler(Sampler[list[Any]]):
     """Batches that never mix windows, all batches of a window together, reshuffled per epoch.
 
     Window order and the order of samples within a window are drawn from ``seed`` and the
-    epoch (:meth:`set_epoch`). Under ``torch.distributed`` (or with ``rank``/``world_size``) each
-    rank takes every ``world_size``-th batch of the epoch's list, padded by repeating batches so
-    that all ranks run the same number of steps.
+    epoch (:meth:`set_epoch`). Under ``torch.distributed`` (or with ``rank`` and ``world_size``)
+    each rank takes every ``world_size``-th batch of the epoch's list, padded by repeating
+    batches from the start so that every rank yields exactly ``len(sampler)`` batches, whatever
+    the world size (DDP ranks that disagree on the step count hang).
+
+    Made with :meth:`for_dataset`, the sampler yields :class:`ItemKey` items carrying the
+    dataset's epoch and rate as set in the main process (:meth:`TargetDataset.set_epoch`), so
+    masks follow the epoch in every worker, persistent workers included.
 
     Parameters
     ----------
@@ -123,7 +144,9 @@ class WindowGroupedBatchSampler(Sampler[list[int]]):
     seed : int
     shuffle, drop_last : bool
     rank, world_size : int, optional
-        Default: from ``torch.distributed`` when it is initialised, else 0 and 1.
+        Both or neither. Default: from ``torch.distributed`` when it is initialised, else 0 and 1.
+    dataset : TargetDataset, optional
+        Whose epoch and rate the yielded items carry (see :meth:`for_dataset`).
     """
 
     def __init__(
@@ -137,24 +160,32 @@ class WindowGroupedBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        dataset: TargetDataset | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ArgumentError(f"batch_size must be at least 1, not {batch_size}")
-        self.n_samples, self.n_windows, self.batch_size = n_samples, n_windows, batch_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
+        if (rank is None) != (world_size is None):
+            raise ArgumentError(
+                f"pass rank and world_size together (got rank={rank}, world_size={world_size}), "
+                "or neither to take them from torch.distributed"
+            )
         if world_size is None:
             dist = torch.distributed
             initialised = dist.is_available() and dist.is_initialized()
             world_size = dist.get_world_size() if initialised else 1
             rank = dist.get_rank() if initialised else 0
-        self.rank, self.world_size = rank or 0, world_size
-        if not 0 <= self.rank < self.world_size:
-            raise ArgumentError(f"rank {self.rank} is outside world size {self.world_size}")
+        assert rank is not None
+        if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
+            raise ArgumentError(f"rank {rank} is outside world size {world_size}")
+        self.n_samples, self.n_windows, self.batch_size = n_samples, n_windows, batch_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.rank, self.world_size, self.dataset = rank, world_size, dataset
         self.epoch = 0
 
     @classmethod
     def for_dataset(cls, dataset: TargetDataset, batch_size: int, **kwargs: Any) -> WindowGroupedBatchSampler:
-        return cls(dataset.n_samples, dataset.target.n_windows, batch_size, **kwargs)
+        """A sampler over ``dataset`` whose items carry its epoch and rate."""
+        return cls(dataset.n_samples, dataset.target.n_windows, batch_size, dataset=dataset, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -172,11 +203,15 @@ class WindowGroupedBatchSampler(Sampler[list[int]]):
                 batches.append((w * self.n_samples + chunk).tolist())
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         batches = self._all_batches()
-        per_rank = math.ceil(len(batches) / self.world_size)
-        padded = batches + batches[: per_rank * self.world_size - len(batches)]
-        return iter(padded[self.rank :: self.world_size])
+        n = len(self)
+        # Cycle from the start when there are fewer batches than ranks x steps.
+        mine = [batches[(self.rank + i * self.world_size) % len(batches)] for i in range(n)] if batches else []
+        if self.dataset is None:
+            return iter(mine)
+        epoch, rate = self.dataset.epoch, self.dataset.rate  # read in the main process, now
+        return iter([[ItemKey(i, epoch, rate) for i in batch] for batch in mine])
 
     def __len__(self) -> int:
         per_window = (

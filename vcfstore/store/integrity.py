@@ -139,8 +139,12 @@ def open_verified_group(path: Path) -> Any:
     return zarr.open_group(VerifyingStore(local, path, load_checksums(path)), mode="r")
 
 
-def verify_files(path: Path) -> list[str]:
-    """Check every recorded file of the store (and look for unrecorded chunks); one line per problem."""
+def verify_files(path: Path, *, sizes_only: bool = False) -> list[str]:
+    """Check every recorded file of the store (and look for unrecorded chunks); one line per problem.
+
+    ``sizes_only`` checks presence and sizes from the directory listing without reading the
+    files (what ``vcfstore info`` does); the full check reads and hashes everything.
+    """
     try:
         recorded = load_checksums(path)
     except StoreError as e:
@@ -149,7 +153,13 @@ def verify_files(path: Path) -> list[str]:
     for key in sorted(recorded):
         p = path / key
         try:
-            check_bytes(path, key, p.read_bytes() if p.is_file() else None, recorded)
+            if sizes_only:
+                size = p.stat().st_size if p.is_file() else None
+                if size != recorded[key][0]:
+                    what = "is missing" if size is None else f"has {size} bytes, {recorded[key][0]} were written"
+                    raise StoreError(f"{describe_key(path, key)} {what}")
+            else:
+                check_bytes(path, key, p.read_bytes() if p.is_file() else None, recorded)
         except StoreError as e:
             problems.append(str(e))
     for p in sorted(path.rglob("*")):

@@ -109,9 +109,12 @@ class PanelStore:
             if got != shape:
                 raise StoreError(f"{self.path}: array {name} has shape {got}, the store's metadata says {shape}")
 
-    def verify(self) -> list[str]:
-        """Check every file of the store against its checksum record; one line per damaged part (empty: intact)."""
-        problems = verify_files(self.path)
+    def verify(self, *, sizes_only: bool = False) -> list[str]:
+        """Check every file of the store against its checksum record; one line per damaged part (empty: intact).
+
+        ``sizes_only`` checks only that every file is there with its recorded size (no reads).
+        """
+        problems = verify_files(self.path, sizes_only=sizes_only)
         if not problems:
             try:
                 self._check_shapes(open_verified_group(self.path))
@@ -277,6 +280,7 @@ class PanelStore:
             "bits_per_genotype": allele_bytes * 8 / max(genotypes, 1),
             "ratio_vs_uint8": genotypes / max(allele_bytes, 1),
             "ratio_vs_int64_tokens": genotypes * 8 / max(allele_bytes, 1),
+            "damage_seen_without_reading": self.verify(sizes_only=True),
         }
 
 
