@@ -129,3 +129,29 @@ def test_disjoint_windows_from_several_processes_merge(sim_store, tmp_path):
     masks = vs.MaskSchedule(3).at(sim_store, 0, 0.4)
     serial = IndexSet.build(sim_store, _layer(4), tmp_path / "serial", masks, progress=False)
     assert [merged.entry(w).sha256 for w in range(n)] == [serial.entry(w).sha256 for w in range(n)]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 300 KB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_index_build_fails_cleanly_and_resumes(sim_store, small_tmpfs):
+    masks = vs.MaskSchedule(3).at(sim_store, 0, 0.4)
+    out = small_tmpfs / "ix"
+    with pytest.raises(IndexSetError, match=r"writing the index set failed \(No space left on device\)") as err:
+        IndexSet.build(sim_store, _layer(4), out, masks, progress=False)
+    assert "\n" not in str(err.value) and not list(out.glob(".*.tmp"))
+    done = IndexSet.open(out, sim_store).manifest.windows if (out / "manifest.json").exists() else {}
+    assert len(done) < sim_store.n_windows
+    subprocess.run(["mount", "-o", "remount,size=100m", str(small_tmpfs)], check=True)
+    resumed = IndexSet.build(sim_store, _layer(4), out, masks, progress=False)
+    assert resumed.verify() == [] and sorted(resumed.manifest.windows) == list(range(sim_store.n_windows))

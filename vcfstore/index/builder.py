@@ -89,11 +89,15 @@ class WindowIndexWriter:
         mappable = isinstance(faiss().downcast_index(index), faiss().IndexFlatCodes)
         tmp = temp_path(path)
         rows = _chain(first, batches)
-        if mappable:
-            sha256, max_norm2 = self._stream(index, CodesTemplate(index, first), rows, tmp, dim)
-        else:
-            sha256, max_norm2 = self._in_ram(index, rows, tmp)
-        replace_durably(tmp, path)  # never truncate a file a reader may have mapped
+        try:
+            if mappable:
+                sha256, max_norm2 = self._stream(index, CodesTemplate(index, first), rows, tmp, dim)
+            else:
+                sha256, max_norm2 = self._in_ram(index, rows, tmp)
+            replace_durably(tmp, path)  # never truncate a file a reader may have mapped
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a half-written file (disk full, killed thread) is of no use
+            raise
         entry = {
             "file": path.name,
             "n_vectors": self.store.n_haplotypes,

@@ -207,7 +207,13 @@ class IndexSet:
 
         # Eval mode once for the whole build: threads toggling it per window would race.
         with eval_mode(embedding):
-            run.run(pending, workers, done)
+            try:
+                run.run(pending, workers, done)
+            except OSError as e:  # disk full, read-only, permissions: nothing written is lost
+                raise IndexSetError(
+                    f"{directory}: writing the index set failed ({e.strerror or e}); fix the cause and run the "
+                    "same build again to resume (finished windows are kept)"
+                ) from None
         bar.close()
         return cls(directory, store, manifest, budget)
 
