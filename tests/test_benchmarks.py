@@ -38,3 +38,9 @@ def test_storage_layout_quick(tmp_path):
     _run_quick("benchmarks.storage_layout", tmp_path)
     panel = json.loads((tmp_path / "storage_layout_quick.json").read_text())["panels"][0]
     assert panel["vcfstore_over_vcf2zarr"] < 1
+
+
+def test_integrity_quick(tmp_path):
+    _run_quick("benchmarks.integrity", tmp_path)
+    result = json.loads((tmp_path / "integrity_quick.json").read_text())
+    assert result["store_reads"]["window_verified_ms"] > 0 and result["index_first_open"]["warm_s"] > 0
