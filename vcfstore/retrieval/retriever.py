@@ -23,6 +23,7 @@ from vcfstore.store.reader import PanelStore
 if TYPE_CHECKING:  # the index layer sits above retrieval's embedding calls; only its type is needed
     from vcfstore.index.index_set import IndexSet
 
+
 class Retriever:
     """Find and embed the K nearest reference haplotypes of masked queries.
 

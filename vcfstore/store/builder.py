@@ -11,6 +11,10 @@ Resuming: after every chunk the number of committed sites is written to the grou
 input and parameters truncates the arrays to the committed sites, skips that many sites of the
 input and continues; the result equals an uninterrupted build. A store is marked complete only
 at the very end, so a half-written store is never opened as a valid one.
+
+A file-system error (disk full, read-only file system, permission denied) ends the build with
+a one-line :class:`StoreError` naming the path and the cause; the committed sites stay, so the
+same command resumes once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vcfstore._version import __version__
-from vcfstore.errors import InputError, StoreError
+from vcfstore.errors import ArgumentError, InputError, InputWarning, StoreError
 from vcfstore.sources import ArraySource, SiteBlock, SiteSource
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
 from vcfstore.store.reader import PanelStore, read_store_attrs
@@ -45,6 +50,7 @@ def build_store(
     window_size: int | None = None,
     overlap: int = 0,
     windows: np.ndarray | None = None,
+    allow_overlap: bool = False,
     max_seq_len: int = 1030,
     af_from: Literal["panel", "info"] | np.ndarray = "panel",
     vocab: Vocabulary | None = None,
@@ -69,7 +75,12 @@ def build_store(
         Fixed windows of ``window_size`` sites (default ``max_seq_len - 2``) overlapping by
         ``overlap`` sites, restarted at every contig.
     windows : array [n_windows, 2], optional
-        Explicit half-open site ranges instead (e.g. from :func:`read_windows_csv`).
+        Explicit half-open site ranges instead (e.g. from :func:`read_windows_csv`); not
+        together with ``window_size`` or ``overlap``. Sites outside every window give an
+        :class:`InputWarning`, and so does an input with records that did not become sites
+        (a windows table made for VCF-Bert indexes records; see ``InputPolicy.multiallelic``).
+    allow_overlap : bool
+        Accept explicit windows that share sites.
     max_seq_len : int
         Token length of a window: ``[SOS] sites [EOS] pad``; windows hold at most this minus 2.
     af_from : "panel", "info" or array [n_sites]
@@ -83,8 +94,20 @@ def build_store(
     -------
     PanelStore
         The finished store, opened read-only.
+
+    Raises
+    ------
+    InputError
+        The input or the windows cannot be used (the unfinished store is removed).
+    StoreError
+        ``out`` holds something else, or the file system failed (the build resumes when rerun).
     """
     vocab = vocab or Vocabulary()
+    if source.policy.missing == "mask":
+        raise ArgumentError(
+            "missing='mask' is for imputation targets (vcfstore.store.align); a panel store holds complete "
+            "haplotypes: choose error, skip-site or ref"
+        )
     if chunk_sites < 8 or chunk_sites % 8:
         raise InputError(f"chunk_sites must be a positive multiple of 8, not {chunk_sites}")
     max_sites = max_seq_len - 2
@@ -97,7 +120,12 @@ def build_store(
                 f"(at most {max_sites} sites plus SOS and EOS)"
             )
     else:
-        windows = check_windows(windows, max_sites)
+        if window_size is not None or overlap:
+            raise ArgumentError(
+                "windows come from a table or from window_size/overlap, not both (--windows with --window-size "
+                "or --overlap); use allow_overlap (--allow-overlap) for a table whose windows share sites"
+            )
+        windows = check_windows(windows, max_sites, allow_overlap=allow_overlap)
     supplied_af = None
     if isinstance(af_from, np.ndarray) or not isinstance(af_from, str):
         supplied_af = np.asarray(af_from, dtype=np.float32)
@@ -120,25 +148,46 @@ def build_store(
         "vocab": vocab.to_dict(),
     }
     out = Path(out)
-    writer = _Writer.open(out, source, described, params, force)
     try:
-        report = writer.run(source, block_sites, progress)
-        if supplied_af is not None and len(supplied_af) != writer.sites:
-            raise InputError(
-                f"the supplied allele frequencies have {len(supplied_af)} entries; the panel kept {writer.sites} sites"
-            )
-        if windows is None:
-            assert window_size is not None
-            windows = fixed_windows(writer.runs, window_size, overlap)
-        else:
-            windows = check_windows(windows, max_sites, writer.runs)
-    except InputError:
-        # The same input would fail at the same place again, so the unfinished store could
-        # never be resumed: remove it (it is ours and was never marked complete).
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    writer.finish(windows, supplied_af, report)
+        writer = _Writer.open(out, source, described, params, force)
+        try:
+            report = writer.run(source, block_sites, progress)
+            if supplied_af is not None and len(supplied_af) != writer.sites:
+                raise InputError(
+                    f"the supplied allele frequencies have {len(supplied_af)} entries; "
+                    f"the panel kept {writer.sites} sites"
+                )
+            if windows is None:
+                assert window_size is not None
+                windows = fixed_windows(writer.runs, window_size, overlap)
+            else:
+                windows = check_windows(windows, max_sites, writer.runs, allow_overlap=allow_overlap)
+                _warn_records_not_sites(report, writer.sites)
+        except InputError:
+            # The same input would fail at the same place again, so the unfinished store could
+            # never be resumed: remove it (it is ours and was never marked complete).
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        writer.finish(windows, supplied_af, report)
+    except OSError as e:
+        raise StoreError(
+            f"{out}: the build stopped: {e.strerror or e} ({e.filename or out}); "
+            "fix the cause and run the same command again to resume"
+        ) from None
     return PanelStore(out)
+
+
+def _warn_records_not_sites(counts: Counter[str], n_sites: int) -> None:
+    """Warn when explicit windows index sites that are not the input's records one to one."""
+    if counts["records"] != n_sites:
+        skipped = {k: v for k, v in sorted(counts.items()) if k.startswith(("skipped_", "split_")) and v}
+        warnings.warn(
+            f"the input's {counts['records']} records became {n_sites} sites ({skipped}); a windows table "
+            "made for VCF-Bert indexes records and would not line up (--multiallelic collapse --non-snv keep "
+            "makes one site per record)",
+            InputWarning,
+            stacklevel=3,
+        )
 
 
 class _Writer:
@@ -178,7 +227,21 @@ class _Writer:
             shutil.rmtree(out)
         elif out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise StoreError(f"{out} exists and is not a vcfstore store; refusing to write into it")
-        return cls._create(out, source, described, params, identity)
+        created = not out.exists()
+        try:
+            return cls._create(out, source, described, params, identity)
+        except OSError:
+            # Stopped before the progress record existed: nothing here can be resumed, and a
+            # leftover group would make the rerun refuse the directory as foreign.
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for child in out.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def _create(cls, out: Path, source: SiteSource, described: dict, params: dict, identity: str) -> _Writer:
