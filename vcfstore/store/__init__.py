@@ -1,10 +1,11 @@
-"""The panel store: its format, vocabulary, reader, streamed builder, windows and masks.
+"""The panel store: its format, vocabulary, reader, streamed builder, windows, masks, target alignment.
 
 Importing this package loads neither torch nor FAISS.
 """
 
 from __future__ import annotations
 
+from vcfstore.store.align import AlignedTarget, AlignmentReport
 from vcfstore.store.builder import build_from_arrays, build_store
 from vcfstore.store.format import ATTR_KEY, STORE_FORMAT_VERSION
 from vcfstore.store.masks import EpochMasks, MaskSchedule, masks_version
@@ -14,6 +15,8 @@ from vcfstore.store.windows import check_windows, fixed_windows, read_windows_cs
 
 __all__ = [
     "ATTR_KEY",
+    "AlignedTarget",
+    "AlignmentReport",
     "STORE_FORMAT_VERSION",
     "EpochMasks",
     "MaskSchedule",
