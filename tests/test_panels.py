@@ -19,6 +19,7 @@ from tests.conftest import write_vcf
 from vcfstore.app.cli import main
 from vcfstore.errors import InputWarning
 from vcfstore.sources.vcf import BGZF_EOF
+from vcfstore.store import read_frequencies, read_sample_annotations
 
 pysam = pytest.importorskip("pysam")
 
@@ -365,20 +366,101 @@ def test_full_disk_and_read_only_stop_with_one_line_and_resume(tmp_path, small_f
     rng = np.random.default_rng(1)
     alleles = rng.integers(0, 2, (256, 12288), dtype=np.uint8)  # random: 384 KiB packed, incompressible
     positions = np.arange(1, 12289) * 10
+    panel = _panel_file(tmp_path / "p.panel", [f"sample{i}" for i in range(128)], seed=1)
     out = small_fs / "store"
     with pytest.raises(vs.StoreError, match=r"the build stopped: No space left on device .*run the same command"):
-        vs.build_from_arrays(alleles, positions, out, window_size=500)
+        vs.build_from_arrays(alleles, positions, out, window_size=500, annotations=panel)
     committed = vs.store.read_store_attrs(out)["vcfstore_build"]["sites"]
     assert 0 < committed < 12288
-    subprocess.run(["mount", "-o", "remount,size=4m", str(small_fs)], check=True)
-    s = vs.build_from_arrays(alleles, positions, out, window_size=500)
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
+    s = vs.build_from_arrays(alleles, positions, out, window_size=500, annotations=panel)
     assert s.meta["resumed_from_site"] == committed
     np.testing.assert_array_equal(s.read_alleles(0, s.n_sites), alleles)
-    whole = vs.build_from_arrays(alleles, positions, tmp_path / "whole", window_size=500)
+    whole = vs.build_from_arrays(alleles, positions, tmp_path / "whole", window_size=500, annotations=panel)
     np.testing.assert_array_equal(s.windows, whole.windows)
+    np.testing.assert_array_equal(read_frequencies(s)[1], read_frequencies(whole)[1])
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     with pytest.raises(vs.StoreError, match=r"stopped: Read-only file system") as e:
         vs.build_from_arrays(alleles, positions, small_fs / "other", window_size=500)
     assert "\n" not in str(e.value)
     subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     assert vs.build_from_arrays(alleles[:, :2048], positions[:2048], small_fs / "other").n_sites == 2048
+
+
+# --- sample annotations and per-population frequencies ----------------------------------------
+
+SUPER_POPS = ("AFR", "AMR", "EAS", "EUR", "SAS")
+
+
+def _panel_file(path: Path, samples: list[str], seed: int, shuffle: bool = False, extra: int = 0) -> Path:
+    """A 1000 Genomes style .panel file: header, then sample pop super_pop gender per line."""
+    rng = np.random.default_rng(seed)
+    names = list(samples) + [f"other{i}" for i in range(extra)]
+    if shuffle:
+        names = [names[i] for i in rng.permutation(len(names))]
+    lines = ["sample\tpop\tsuper_pop\tgender"]
+    for name in names:
+        sp = SUPER_POPS[rng.integers(len(SUPER_POPS))]
+        lines.append(f"{name}\t{sp[:2]}{rng.integers(3)}\t{sp}\t{('male', 'female')[rng.integers(2)]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _brute_frequencies(alleles: np.ndarray, super_pop: list[str]) -> np.ndarray:
+    """[4, groups + Global, n_sites] by counting genotypes site by site in float64."""
+    groups = sorted(set(super_pop))
+    out = np.zeros((4, len(groups) + 1, alleles.shape[1]))
+    for g, name in enumerate([*groups, None]):
+        samples = [i for i, sp in enumerate(super_pop) if name is None or sp == name]
+        for site in range(alleles.shape[1]):
+            dosage = [int(alleles[2 * i, site]) + int(alleles[2 * i + 1, site]) for i in samples]
+            for k in range(3):
+                out[k, g, site] = dosage.count(k) / len(samples)
+            out[3, g, site] = sum(dosage) / (2 * len(samples))
+    return out
+
+
+def test_panel_file_annotations_and_population_frequencies(tmp_path):
+    rng = np.random.default_rng(4)
+    alleles = rng.integers(0, 2, (60, 300), dtype=np.uint8) & rng.integers(0, 2, (1, 300), dtype=np.uint8)
+    samples = [f"sample{i}" for i in range(30)]
+    panel = _panel_file(tmp_path / "s.panel", samples, seed=2, shuffle=True, extra=4)
+    with pytest.warns(InputWarning, match="another order than the panel; vcfstore pairs them by name"):
+        s = vs.build_from_arrays(alleles, np.arange(1, 301), tmp_path / "s", window_size=100, annotations=panel)
+    rows = {line.split("\t")[0]: line.split("\t") for line in panel.read_text().splitlines()[1:]}
+    ann = read_sample_annotations(s)
+    assert list(ann.super_pop) == [rows[n][2] for n in samples] and list(ann.gender) == [rows[n][3] for n in samples]
+    groups, freq = read_frequencies(s)
+    assert groups == [*sorted(set(ann.super_pop.tolist())), "Global"] and freq.dtype == np.float32
+    np.testing.assert_allclose(freq, _brute_frequencies(alleles, list(ann.super_pop)), atol=1e-6)
+    np.testing.assert_allclose(freq[3, -1], s.af, atol=1e-6)  # the global AF is the panel's AF
+    assert read_frequencies(vs.build_from_arrays(alleles, np.arange(1, 301), tmp_path / "plain")) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id\tpop\n", "must be a header naming sample, pop and super_pop"),
+        ("sample pop super_pop gender\nsample0 GBR EUR male\n", "lacks 1 of the panel's 2 samples (first: sample1)"),
+        (
+            "sample pop super_pop\nsample0 GBR EUR\nsample0 GBR EUR\nsample1 YRI AFR\n",
+            "line 3: sample sample0 is listed twice",
+        ),
+        ("sample pop super_pop gender\nsample0 GBR\n", "line 2: 2 fields; the header has 4"),
+    ],
+)
+def test_bad_panel_files(tmp_path, text, message):
+    (tmp_path / "p.panel").write_text(text)
+    with pytest.raises(vs.InputError, match=re.escape(message)):
+        vs.build_from_arrays(
+            np.zeros((4, 8), np.uint8), np.arange(1, 9), tmp_path / "s", annotations=tmp_path / "p.panel"
+        )
+
+
+def test_cli_samples_panel(tmp_path, multi_vcf):
+    panel = _panel_file(tmp_path / "s.panel", [f"s{i}" for i in range(6)], seed=3)
+    r = CliRunner().invoke(
+        main, ["build", str(multi_vcf), str(tmp_path / "o"), "--samples-panel", str(panel), "--quiet"]
+    )
+    assert r.exit_code == 0, r.output
+    assert read_frequencies(vs.open_store(tmp_path / "o"))[1].shape[2] == vs.open_store(tmp_path / "o").n_sites

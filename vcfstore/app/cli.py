@@ -47,6 +47,11 @@ def main() -> None:
 )
 @click.option("--allow-overlap", is_flag=True, help="Let the --windows CSV's windows share sites.")
 @click.option(
+    "--samples-panel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A 1000 Genomes .panel file (sample pop super_pop gender): stored, with per-super-population frequencies.",
+)
+@click.option(
     "--af-from",
     type=click.Choice(["panel", "info"]),
     default="panel",
@@ -102,6 +107,7 @@ def build(
     overlap: int,
     windows_csv: Path | None,
     allow_overlap: bool,
+    samples_panel: Path | None,
     af_from: str,
     region: str | None,
     max_seq_len: int,
@@ -135,6 +141,7 @@ def build(
             allow_overlap=allow_overlap,
             max_seq_len=max_seq_len,
             af_from=af_from,
+            annotations=samples_panel,
             force=force,
             progress=not quiet,  # type: ignore[arg-type]
         )

@@ -6,6 +6,7 @@ Importing this package loads neither torch nor FAISS.
 from __future__ import annotations
 
 from vcfstore.store.align import AlignedTarget, AlignmentReport
+from vcfstore.store.annotations import SampleAnnotations, read_frequencies, read_sample_annotations
 from vcfstore.store.builder import build_from_arrays, build_store
 from vcfstore.store.format import ATTR_KEY, STORE_FORMAT_VERSION
 from vcfstore.store.masks import EpochMasks, MaskSchedule, masks_version
@@ -21,6 +22,7 @@ __all__ = [
     "EpochMasks",
     "MaskSchedule",
     "PanelStore",
+    "SampleAnnotations",
     "Vocabulary",
     "build_from_arrays",
     "build_store",
@@ -31,6 +33,8 @@ __all__ = [
     "masks_version",
     "open_store",
     "pad_sites",
+    "read_frequencies",
+    "read_sample_annotations",
     "read_store_attrs",
     "read_windows_csv",
 ]

@@ -34,6 +34,7 @@ import numpy as np
 from vcfstore._version import __version__
 from vcfstore.errors import ArgumentError, InputError, InputWarning, StoreError
 from vcfstore.sources import ArraySource, SiteBlock, SiteSource
+from vcfstore.store.annotations import SampleAnnotations, group_frequencies
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
 from vcfstore.store.reader import PanelStore, read_store_attrs
 from vcfstore.store.vocab import Vocabulary
@@ -54,6 +55,7 @@ def build_store(
     max_seq_len: int = 1030,
     af_from: Literal["panel", "info"] | np.ndarray = "panel",
     vocab: Vocabulary | None = None,
+    annotations: str | os.PathLike[str] | SampleAnnotations | None = None,
     chunk_sites: int = DEFAULT_CHUNK_SITES,
     haplotype_chunk: int = 8192,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
@@ -85,6 +87,10 @@ def build_store(
         Token length of a window: ``[SOS] sites [EOS] pad``; windows hold at most this minus 2.
     af_from : "panel", "info" or array [n_sites]
         Allele frequency computed from the panel, read from the input's INFO/AF, or supplied.
+    annotations : path or SampleAnnotations, optional
+        A 1000 Genomes ``.panel`` file (``sample pop super_pop gender``): stored with the
+        samples, and a per-super-population frequency table (hom-ref, het, hom-alt, AF) is
+        computed while building (see :mod:`vcfstore.store.annotations`).
     chunk_sites : int
         Sites per chunk (a multiple of 8, so chunks are byte-aligned after bit packing).
     force : bool
@@ -133,6 +139,8 @@ def build_store(
     elif af_from not in ("panel", "info"):
         raise InputError(f"af_from must be 'panel', 'info' or an array of frequencies, not {af_from!r}")
 
+    if annotations is not None and not isinstance(annotations, SampleAnnotations):
+        annotations = SampleAnnotations.from_panel_file(annotations, source.samples)
     described = source.describe()
     params = {
         "max_seq_len": max_seq_len,
@@ -147,9 +155,11 @@ def build_store(
         "zstd_level": zstd_level,
         "vocab": vocab.to_dict(),
     }
+    if annotations is not None:  # only then, so stores built without keep their identity
+        params["annotations_sha256"] = annotations.digest()
     out = Path(out)
     try:
-        writer = _Writer.open(out, source, described, params, force)
+        writer = _Writer.open(out, source, described, params, force, annotations)
         try:
             report = writer.run(source, block_sites, progress)
             if supplied_af is not None and len(supplied_af) != writer.sites:
@@ -193,8 +203,15 @@ def _warn_records_not_sites(counts: Counter[str], n_sites: int) -> None:
 class _Writer:
     """Appends chunk columns to the Zarr group and records progress after each one."""
 
-    def __init__(self, out: Path, root: Any, meta: dict[str, Any], state: dict[str, Any]) -> None:
-        self.out, self.root, self.meta = out, root, meta
+    def __init__(
+        self,
+        out: Path,
+        root: Any,
+        meta: dict[str, Any],
+        state: dict[str, Any],
+        annotations: SampleAnnotations | None,
+    ) -> None:
+        self.out, self.root, self.meta, self.annotations = out, root, meta, annotations
         self.sites: int = state["sites"]
         self.runs: list[tuple[str, int, int]] = [tuple(r) for r in state["runs"]]  # type: ignore[misc]
         self.counts: Counter[str] = Counter(state["counts"])
@@ -202,7 +219,15 @@ class _Writer:
         self.resumed_from: int | None = self.sites or None
 
     @classmethod
-    def open(cls, out: Path, source: SiteSource, described: dict, params: dict, force: bool) -> _Writer:
+    def open(
+        cls,
+        out: Path,
+        source: SiteSource,
+        described: dict,
+        params: dict,
+        force: bool,
+        annotations: SampleAnnotations | None,
+    ) -> _Writer:
         import zarr
 
         identity = hashlib.sha256(
@@ -214,7 +239,7 @@ class _Writer:
             resumable = state is not None and not meta.get("complete") and meta.get("identity") == identity
             if resumable and not force:
                 root = zarr.open_group(str(out), mode="r+")
-                writer = cls(out, root, meta, state)
+                writer = cls(out, root, meta, state, annotations)
                 writer._truncate()
                 return writer
             if not force:
@@ -229,7 +254,7 @@ class _Writer:
             raise StoreError(f"{out} exists and is not a vcfstore store; refusing to write into it")
         created = not out.exists()
         try:
-            return cls._create(out, source, described, params, identity)
+            return cls._create(out, source, described, params, identity, annotations)
         except OSError:
             # Stopped before the progress record existed: nothing here can be resumed, and a
             # leftover group would make the rerun refuse the directory as foreign.
@@ -244,7 +269,15 @@ class _Writer:
             raise
 
     @classmethod
-    def _create(cls, out: Path, source: SiteSource, described: dict, params: dict, identity: str) -> _Writer:
+    def _create(
+        cls,
+        out: Path,
+        source: SiteSource,
+        described: dict,
+        params: dict,
+        identity: str,
+        annotations: SampleAnnotations | None,
+    ) -> _Writer:
         import zarr
         from zarr.codecs import ZstdCodec
 
@@ -270,6 +303,18 @@ class _Writer:
             sites.create_array(name, shape=(0,), dtype=str, chunks=site_chunk, compressors=light)
         samples = root.create_array("samples", shape=(len(source.samples),), dtype=str, compressors=light)
         samples[:] = np.asarray(source.samples, dtype=str)
+        if annotations is not None:
+            for name in ("pop", "super_pop", "gender"):
+                arr = root.create_array(f"samples_{name}", shape=(len(source.samples),), dtype=str, compressors=light)
+                arr[:] = getattr(annotations, name)
+            groups = annotations.groups
+            root.create_array(
+                "frequencies",
+                shape=(4, len(groups), 0),
+                dtype="float32",
+                chunks=(4, len(groups), params["chunk_sites"]),
+                compressors=light,
+            )
         meta = {
             "format_version": STORE_FORMAT_VERSION,
             "complete": False,
@@ -281,9 +326,11 @@ class _Writer:
             "params": params,
             "input": described,
         }
+        if annotations is not None:
+            meta["annotations"] = {"source": annotations.source, "groups": annotations.groups}
         state = {"sites": 0, "runs": [], "counts": {}}
         root.attrs.update({ATTR_KEY: meta, PROGRESS_KEY: state})
-        return cls(out, root, meta, state)
+        return cls(out, root, meta, state, annotations)
 
     def _truncate(self) -> None:
         """Cut every array back to the committed sites (a killed build may have written more)."""
@@ -291,6 +338,9 @@ class _Writer:
         alleles.resize((alleles.shape[0], (self.sites + 7) // 8))
         for name in SITE_COLUMNS:
             self.root[f"sites/{name}"].resize((self.sites,))
+        if "frequencies" in self.root:
+            freq = self.root["frequencies"]
+            freq.resize((*freq.shape[:2], self.sites))
 
     def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:
         """Stream the source into the store, skipping sites already committed."""
@@ -362,6 +412,10 @@ class _Writer:
             arr = self.root[f"sites/{name}"]
             arr.resize((start + n,))
             arr[start:] = values
+        if self.annotations is not None:
+            freq = self.root["frequencies"]
+            freq.resize((*freq.shape[:2], start + n))
+            freq[:, :, start:] = group_frequencies(block.alleles, self.annotations)
         self.sites = start + n
         counts = dict(source.filter.counts)
         self.root.attrs[PROGRESS_KEY] = {"sites": self.sites, "runs": self.runs, "counts": counts}
