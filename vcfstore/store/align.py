@@ -114,9 +114,10 @@ class AlignedTarget:
 
     Notes
     -----
-    A target read from a file is held in memory bit-packed (one bit per allele of each
-    aligned site, one more per genotype-missing flag when any genotype is missing); a store
-    target is read lazily, window by window.
+    A target read from a file is kept in memory bit-packed (one bit per allele of each
+    aligned site, one more per genotype-missing flag when any genotype is missing); while it
+    is read, its aligned sites take two bytes per genotype. A store target is read lazily,
+    window by window.
     """
 
     def __init__(
