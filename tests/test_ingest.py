@@ -105,15 +105,15 @@ def test_multiallelic_and_non_snv_policies(tmp_path):
         ("1", 40, "d", "C", "<DEL>", GT2),
         ("1", 50, "e", "C", ".", GT2),
     ]
-    s = _build(tmp_path, recs)
+    s = _build(tmp_path, recs, multiallelic="skip")
     assert list(s.positions) == [10]
     c = s.meta["counts"]
     assert (c["skipped_multiallelic"], c["skipped_non_snv"], c["skipped_no_alt"]) == (1, 2, 1)
-    s = _build(tmp_path, recs, multiallelic="split")
+    s = _build(tmp_path, recs)  # split is the default
     assert list(s.positions) == [10, 20, 20] and s.meta["counts"]["split_multiallelic"] == 1
     np.testing.assert_array_equal(s.read_alleles(1, 3).T, [[0, 0, 1, 0], [0, 1, 0, 0]])  # ALT C, then ALT T
     assert list(s.site_table()["alt"]) == ["G", "C", "T"]
-    s = _build(tmp_path, recs, non_snv="keep")
+    s = _build(tmp_path, recs, multiallelic="skip", non_snv="keep")
     assert list(s.positions) == [10, 30, 40]
 
 
@@ -142,7 +142,7 @@ def test_unphased_policies(tmp_path):
         ([("1", 10, ".", "A", "G", ["0|1", "1"])], "not diploid"),
         ([("1", 10, ".", "A", "G", ["0|1|1", "1|0|0"])], "not diploid"),
         ([("1", 20, ".", "A", "G", GT2), ("1", 10, ".", "A", "G", GT2)], "1:10 comes after position 20"),
-        ([("1", 10, ".", "A", "G", GT2), ("1", 10, ".", "A", "C", GT2)], "1:10 repeats the position"),
+        ([("1", 10, ".", "A", "G", GT2), ("1", 10, ".", "a", "g", GT2)], r"1:10 repeats the site A>G .*duplicate site"),
         (
             [("1", 10, ".", "A", "G", GT2), ("2", 10, ".", "A", "G", GT2), ("1", 30, ".", "A", "G", GT2)],
             "contig 1 appears again",
@@ -160,12 +160,14 @@ def test_duplicate_skip_and_indel_sharing_position(tmp_path):
     recs = [
         ("1", 10, ".", "A", "G", GT2),
         ("1", 10, ".", "A", "C", GT2),
+        ("1", 10, ".", "A", "G", ["1|1", "1|1"]),
         ("1", 20, ".", "AT", "A", GT2),
         ("1", 20, ".", "A", "T", GT2),
     ]
     s = _build(tmp_path, recs, duplicates="skip")
-    assert list(s.positions) == [10, 20] and s.meta["counts"]["skipped_duplicate"] == 1
-    assert list(s.site_table()["alt"]) == ["G", "T"]
+    assert list(s.positions) == [10, 10, 20] and s.meta["counts"]["skipped_duplicate"] == 1
+    assert list(s.site_table()["alt"]) == ["G", "C", "T"]
+    np.testing.assert_array_equal(s.read_alleles(0, 1)[:, 0], [0, 1, 1, 0])  # the first A>G record is kept
 
 
 def test_bad_files(tmp_path, real_data):

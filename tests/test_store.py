@@ -96,7 +96,7 @@ def test_windows_from_csv_and_too_long(tmp_path, sim_arrays):
         vs.build_from_arrays(alleles, positions, tmp_path / "t", windows=vs.read_windows_csv(csv), max_seq_len=200)
     with pytest.raises(vs.InputError, match="window size 1029 does not fit max_seq_len=1030"):
         vs.build_from_arrays(alleles, positions, tmp_path / "u", window_size=1029)
-    csv.write_text("0,10\n5,999999\n")
+    csv.write_text("0,10\n10,999999\n")
     with pytest.raises(vs.InputError, match="ends at site 999999 but the panel has"):
         vs.build_from_arrays(alleles, positions, tmp_path / "v", windows=vs.read_windows_csv(csv), max_seq_len=10**6)
 
@@ -109,7 +109,7 @@ def test_array_input_errors(tmp_path):
         (np.zeros(3), [1, 2, 3], "2-D"),
         (ok, [1, 2], "positions has shape"),
         (ok, [3, 2, 1], "not sorted"),
-        (ok, [1, 1, 2], "duplicate position"),
+        (ok, [1, 1, 2], "duplicate site"),
     ]:
         with pytest.raises(vs.InputError, match=match):
             vs.build_from_arrays(alleles, np.asarray(positions), tmp_path / "x")

@@ -21,6 +21,10 @@ class InputError(VcfstoreError, ValueError):
     """The input panel (VCF/BCF, VCF Zarr, arrays, a windows or frequency table) cannot be ingested as given."""
 
 
+class InputWarning(UserWarning):
+    """Input that builds but may not be what was meant (windows leaving sites uncovered...)."""
+
+
 class StoreError(VcfstoreError):
     """A panel store is missing, incomplete, damaged, locked, or asked for something it does not hold."""
 
@@ -49,6 +53,7 @@ __all__ = [
     "ArgumentError",
     "IndexSetError",
     "InputError",
+    "InputWarning",
     "MemoryBudgetExceeded",
     "NotPositionwiseError",
     "ReadOnlyIndexError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 from vcfstore.app.display import print_store_info
-from vcfstore.errors import VcfstoreError
+from vcfstore.errors import InputWarning, VcfstoreError
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,6 +45,12 @@ def main() -> None:
     type=click.Path(exists=True, path_type=Path),
     help="CSV of [start, end) site indices (columns start,end) instead of fixed windows.",
 )
+@click.option("--allow-overlap", is_flag=True, help="Let the --windows CSV's windows share sites.")
+@click.option(
+    "--samples-panel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A 1000 Genomes .panel file (sample pop super_pop gender): stored, with per-super-population frequencies.",
+)
 @click.option(
     "--af-from",
     type=click.Choice(["panel", "info"]),
@@ -55,7 +62,13 @@ def main() -> None:
 @click.option(
     "--max-seq-len", type=int, default=1030, show_default=True, help="Tokens per window: [SOS] sites [EOS] pad."
 )
-@click.option("--multiallelic", type=click.Choice(["skip", "split"]), default="skip", show_default=True)
+@click.option(
+    "--multiallelic",
+    type=click.Choice(["split", "skip", "collapse"]),
+    default="split",
+    show_default=True,
+    help="Records with several ALTs: one site per ALT, none, or one site where any ALT is 1 (VCF-Bert's loader).",
+)
 @click.option(
     "--non-snv",
     type=click.Choice(["skip", "keep"]),
@@ -82,7 +95,7 @@ def main() -> None:
     type=click.Choice(["error", "skip"]),
     default="error",
     show_default=True,
-    help="Records repeating a kept site's position.",
+    help="Records repeating a kept site (same contig, position, REF and ALT).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing store in OUT_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -93,6 +106,8 @@ def build(
     window_size: int | None,
     overlap: int,
     windows_csv: Path | None,
+    allow_overlap: bool,
+    samples_panel: Path | None,
     af_from: str,
     region: str | None,
     max_seq_len: int,
@@ -102,26 +117,47 @@ def build(
 ) -> None:
     """Build a panel store in OUT_DIR from a VCF/BCF file or a VCF Zarr directory.
 
-    Streams the input; a killed build resumes when run again with the same arguments.
+    Streams the input; a build that was killed or stopped by a file-system error (disk full,
+    read-only, permissions) resumes when run again with the same arguments.
     """
     from vcfstore.sources import InputPolicy, open_source
     from vcfstore.store.builder import build_store
     from vcfstore.store.windows import read_windows_csv
 
-    source = open_source(input_path, region=region, policy=InputPolicy(**policy))
-    windows = read_windows_csv(windows_csv) if windows_csv else None
-    store = build_store(
-        source,
-        out_dir,
-        window_size=window_size,
-        overlap=overlap,
-        windows=windows,
-        max_seq_len=max_seq_len,
-        af_from=af_from,
-        force=force,
-        progress=not quiet,  # type: ignore[arg-type]
-    )
+    if windows_csv and (window_size is not None or overlap):
+        raise click.UsageError("--windows gives the windows; it cannot be combined with --window-size or --overlap")
+    if allow_overlap and not windows_csv:
+        raise click.UsageError("--allow-overlap applies to a --windows CSV (fixed windows overlap by --overlap)")
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_input_warning(warnings.showwarning)
+        source = open_source(input_path, region=region, policy=InputPolicy(**policy))
+        windows = read_windows_csv(windows_csv, allow_overlap=allow_overlap) if windows_csv else None
+        store = build_store(
+            source,
+            out_dir,
+            window_size=window_size,
+            overlap=overlap,
+            windows=windows,
+            allow_overlap=allow_overlap,
+            max_seq_len=max_seq_len,
+            af_from=af_from,
+            annotations=samples_panel,
+            force=force,
+            progress=not quiet,  # type: ignore[arg-type]
+        )
     print_store_info(store.info())
+
+
+def _show_input_warning(default: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing vcfstore's input warnings as one ``Warning:`` line."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, InputWarning):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            default(message, category, *args, **kwargs)
+
+    return show
 
 
 @main.command()

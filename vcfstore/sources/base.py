@@ -18,6 +18,8 @@ class SiteBlock:
 
     ``alleles`` is uint8 [n_sites, n_haplotypes]; haplotype ``h`` belongs to sample ``h // 2``.
     ``info_af`` is the input's own allele frequency per site (NaN where it has none) or None.
+    ``missing`` is bool [n_sites, n_haplotypes], True where the input's allele is missing (its
+    ``alleles`` entry is then 0), under the ``missing="mask"`` policy only; else None.
     """
 
     contigs: list[str]
@@ -27,6 +29,7 @@ class SiteBlock:
     alts: list[str]
     alleles: np.ndarray
     info_af: np.ndarray | None = None
+    missing: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -41,6 +44,7 @@ class SiteBlock:
             self.alts[sl],
             self.alleles[sl],
             None if self.info_af is None else self.info_af[sl],
+            None if self.missing is None else self.missing[sl],
         )
 
 

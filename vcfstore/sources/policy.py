@@ -3,6 +3,10 @@
 VCF/BCF (through cyvcf2, i.e. htslib), VCF Zarr (bio2zarr's ``vcf2zarr`` layout), arrays and
 tree sequences all go through the same filter, which applies the policy (multiallelic, non-SNV,
 unphased, missing, duplicates) and the ordering checks in one place.
+
+A *site* is (contig, position, REF, ALT). Records at one position with different alleles, as
+``bcftools norm -m -any`` writes a multiallelic record, are distinct sites and are all kept, in
+file order; only a record repeating a site already kept is a duplicate.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from vcfstore.sources.base import SiteBlock
 
 _MISSING = -1  # htslib and vcf2zarr: a missing allele
 _VECTOR_END = -2  # htslib and vcf2zarr: padding of a call with fewer alleles than the maximum
+_ANY_ALT = 0  # the "ALT number" of a collapsed record's site: any ALT allele counts as 1
 
 
 @dataclass(frozen=True)
@@ -27,33 +32,43 @@ class InputPolicy:
 
     Parameters
     ----------
-    multiallelic : {"skip", "split"}
-        Skip records with several ALT alleles, or split them into one biallelic site per ALT
-        (the haplotypes carrying that ALT get 1, every other haplotype 0).
+    multiallelic : {"split", "skip", "collapse"}
+        Split a record with several ALT alleles into one biallelic site per ALT (the haplotypes
+        carrying that ALT get 1, every other haplotype 0), skip it, or collapse it into one site
+        where any ALT is 1 (VCF-Bert's loader does this, ``GT[GT > 0] = 1``; its ALT column
+        reads ``C,T``). With ``split`` a multiallelic panel and its ``bcftools norm -m -any``
+        form give the same store. With ``collapse`` every record is one site, so site indices
+        are record indices (as in VCF-Bert's window CSVs) as long as no record is skipped: use
+        ``non_snv="keep"`` too. Under ``collapse`` with ``non_snv="skip"`` a record is skipped
+        when any of its ALT alleles is not an SNV.
     non_snv : {"skip", "keep"}
         Skip indels and symbolic alleles, or keep them as ordinary biallelic sites.
     unphased : {"error", "skip-site", "keep"}
         A heterozygous call written unphased (``0/1``) stops the build (naming the record), drops
         the site, or is kept in the written allele order. Unphased homozygous calls are
         unambiguous and always accepted.
-    missing : {"error", "skip-site", "ref"}
-        A missing allele (``.``) stops the build, drops the site, or is read as REF.
+    missing : {"error", "skip-site", "ref", "mask"}
+        A missing allele (``.``) stops the build, drops the site, is read as REF, or is kept
+        with a per-haplotype missing flag (:attr:`SiteBlock.missing`; for imputation targets,
+        see :mod:`vcfstore.store.align`; a panel store cannot hold it).
     duplicates : {"error", "skip"}
-        A second record at the same position stops the build or is dropped (the first is kept).
+        A record repeating a kept site (same contig, position, REF and ALT) stops the build or
+        is dropped (the first is kept). Records at a kept position with other alleles are not
+        duplicates.
     """
 
-    multiallelic: Literal["skip", "split"] = "skip"
+    multiallelic: Literal["split", "skip", "collapse"] = "split"
     non_snv: Literal["skip", "keep"] = "skip"
     unphased: Literal["error", "skip-site", "keep"] = "error"
-    missing: Literal["error", "skip-site", "ref"] = "error"
+    missing: Literal["error", "skip-site", "ref", "mask"] = "error"
     duplicates: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
         choices = {
-            "multiallelic": ("skip", "split"),
+            "multiallelic": ("split", "skip", "collapse"),
             "non_snv": ("skip", "keep"),
             "unphased": ("error", "skip-site", "keep"),
-            "missing": ("error", "skip-site", "ref"),
+            "missing": ("error", "skip-site", "ref", "mask"),
             "duplicates": ("error", "skip"),
         }
         for name, allowed in choices.items():
@@ -76,7 +91,8 @@ class RecordFilter:
     counts: Counter[str] = field(default_factory=Counter)
     _contig: str | None = None
     _last_pos: int = -1
-    _last_kept_pos: int = -1
+    _site_pos: int = -1  # the position of the sites in _site_alleles
+    _site_alleles: set[tuple[str, str]] = field(default_factory=set)  # (REF, ALT) kept at _site_pos
     _done_contigs: set[str] = field(default_factory=set)
 
     def __call__(
@@ -96,20 +112,20 @@ class RecordFilter:
         missing = (gt == _MISSING).any(axis=(1, 2))
         unphased_het = (~phased & (gt[:, :, 0] != gt[:, :, -1])).any(axis=1)
         self.counts["unphased_homozygous_calls"] += int((~phased & (gt[:, :, 0] == gt[:, :, -1])).sum())
-        out_rows: list[tuple[int, int]] = []  # (record index, ALT number)
+        out_rows: list[tuple[int, int]] = []  # (record index, ALT number or _ANY_ALT)
         for i in range(n):
             self.counts["records"] += 1
-            where = f"{contigs[i]}:{positions[i]}" + (f" ({ids[i]})" if ids[i] not in ("", ".") else "")
-            self._check_order(contigs[i], int(positions[i]), where)
+            pos = int(positions[i])
+            where = f"{contigs[i]}:{pos}" + (f" ({ids[i]})" if ids[i] not in ("", ".") else "")
+            self._check_order(contigs[i], pos, where)
             if gt.shape[2] != 2 or (gt[i] == _VECTOR_END).any():
                 raise InputError(f"record {where} is not diploid for every sample (mixed or other ploidy)")
             alt_numbers = self._alt_numbers(refs[i], alts[i])
             if not alt_numbers:
                 continue
-            if int(positions[i]) == self._last_kept_pos:
-                if self.policy.duplicates == "error":
-                    raise InputError(f"record {where} repeats the position of an earlier site (duplicate position)")
-                self.counts["skipped_duplicate"] += 1
+            keys = [_site_key(refs[i], alts[i], k) for k in alt_numbers]
+            alt_numbers, keys = self._drop_duplicates(alt_numbers, keys, where, pos)
+            if not alt_numbers:
                 continue
             if missing[i]:
                 if self.policy.missing == "error":
@@ -117,7 +133,7 @@ class RecordFilter:
                 if self.policy.missing == "skip-site":
                     self.counts["skipped_missing"] += 1
                     continue
-                self.counts["missing_read_as_ref"] += 1
+                self.counts["missing_masked" if self.policy.missing == "mask" else "missing_read_as_ref"] += 1
             if unphased_het[i]:
                 if self.policy.unphased == "error":
                     raise InputError(
@@ -128,7 +144,9 @@ class RecordFilter:
                     self.counts["skipped_unphased"] += 1
                     continue
                 self.counts["unphased_kept"] += 1
-            self._last_kept_pos = int(positions[i])
+            # Every site after the first at a position, whether split here or by bcftools.
+            self.counts["sites_sharing_a_position"] += len(keys) - (0 if self._site_alleles else 1)
+            self._site_alleles.update(keys)
             out_rows.extend((i, k) for k in alt_numbers)
         return self._block(contigs, positions, ids, refs, alts, gt, info_af, out_rows)
 
@@ -138,25 +156,56 @@ class RecordFilter:
                 raise InputError(f"record {where}: contig {contig} appears again after other contigs (unsorted input)")
             if self._contig is not None:
                 self._done_contigs.add(self._contig)
-            self._contig, self._last_pos, self._last_kept_pos = contig, -1, -1
+            self._contig, self._last_pos, self._site_pos = contig, -1, -1
         if pos < self._last_pos:
             raise InputError(f"record {where} comes after position {self._last_pos}: positions are not sorted")
         self._last_pos = pos
+        if pos != self._site_pos:
+            self._site_pos, self._site_alleles = pos, set()
+
+    def _drop_duplicates(
+        self, alt_numbers: list[int], keys: list[tuple[str, str]], where: str, pos: int
+    ) -> tuple[list[int], list[tuple[str, str]]]:
+        """The record's sites that are not already kept at this position (a duplicate is an error by default)."""
+        keep_numbers, keep_keys = [], []
+        seen = set(self._site_alleles)
+        for k, key in zip(alt_numbers, keys, strict=True):
+            if key in seen:
+                if self.policy.duplicates == "error":
+                    raise InputError(
+                        f"record {where} repeats the site {key[0]}>{key[1]} of an earlier record "
+                        "(duplicate site: same contig, position, REF and ALT; --duplicates skip drops it)"
+                    )
+                self.counts["skipped_duplicate"] += 1
+                continue
+            seen.add(key)
+            keep_numbers.append(k)
+            keep_keys.append(key)
+        return keep_numbers, keep_keys
 
     def _alt_numbers(self, ref: str, alts: Sequence[str]) -> list[int]:
-        """The ALT numbers (1-based) that become sites of this record, counting what is skipped."""
+        """The ALT numbers (1-based, or ``_ANY_ALT``) that become sites of this record, counting what is skipped."""
         alts = [a for a in alts if a not in ("", ".")]
         if not alts:
             self.counts["skipped_no_alt"] += 1
             return []
-        if len(alts) > 1 and self.policy.multiallelic == "skip":
+        multi = len(alts) > 1
+        if multi and self.policy.multiallelic == "skip":
             self.counts["skipped_multiallelic"] += 1
             return []
         keep = [k + 1 for k, a in enumerate(alts) if self.policy.non_snv == "keep" or _is_snv(ref, a)]
+        if multi and self.policy.multiallelic == "collapse":
+            # One site for the whole record, or none: a site where some ALT alleles were dropped
+            # would call their carriers REF.
+            if len(keep) < len(alts):
+                self.counts["skipped_non_snv"] += 1
+                return []
+            self.counts["collapsed_multiallelic"] += 1
+            return [_ANY_ALT]
         if not keep:
             self.counts["skipped_non_snv"] += 1
             return []
-        if len(alts) > 1:
+        if multi:
             self.counts["split_multiallelic"] += 1
         return keep
 
@@ -165,8 +214,10 @@ class RecordFilter:
         if not rows:
             return SiteBlock([], np.zeros(0, np.int64), [], [], [], np.zeros((0, n_hap), np.uint8), None)
         idx = np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))
-        alt_no = np.fromiter((k for _, k in rows), dtype=np.int16, count=len(rows))
-        alleles = (gt[idx].reshape(len(rows), n_hap) == alt_no[:, None]).astype(np.uint8)
+        alt_no = np.fromiter((k for _, k in rows), dtype=np.int16, count=len(rows))[:, None]
+        calls = gt[idx].reshape(len(rows), n_hap)
+        alleles = np.where(alt_no == _ANY_ALT, calls > 0, calls == alt_no).astype(np.uint8)
+        missing = (calls == _MISSING) if self.policy.missing == "mask" else None
         af = None
         if info_af is not None:
             af = np.array([_info_af_value(info_af[r], k) for r, k in rows], dtype=np.float32)
@@ -176,9 +227,10 @@ class RecordFilter:
             np.asarray(positions, dtype=np.int64)[idx],
             [ids[r] for r, _ in rows],
             [refs[r] for r, _ in rows],
-            [alts[r][k - 1] for r, k in rows],
+            [_alt_label(alts[r], k) for r, k in rows],
             alleles,
             af,
+            missing,
         )
 
 
@@ -186,9 +238,24 @@ def _is_snv(ref: str, alt: str) -> bool:
     return len(ref) == 1 and len(alt) == 1 and alt.upper() in "ACGT" and ref.upper() in "ACGTN"
 
 
+def _alt_label(alts: Sequence[str], alt_number: int) -> str:
+    """The ALT column of a site: one ALT, or all of a collapsed record's ALTs joined with commas."""
+    if alt_number == _ANY_ALT:
+        return ",".join(a for a in alts if a not in ("", "."))
+    return alts[alt_number - 1]
+
+
+def _site_key(ref: str, alts: Sequence[str], alt_number: int) -> tuple[str, str]:
+    """(REF, ALT) of a site, upper-cased: VCF alleles are case-insensitive."""
+    return ref.upper(), _alt_label(alts, alt_number).upper()
+
+
 def _info_af_value(values: Sequence[float] | float | None, alt_number: int) -> float:
+    """INFO/AF of one site; a collapsed site's frequency is the sum over its ALT alleles."""
     if values is None:
         return float("nan")
     if np.isscalar(values):
-        return float(values) if alt_number == 1 else float("nan")
+        return float(values) if alt_number in (1, _ANY_ALT) else float("nan")
+    if alt_number == _ANY_ALT:
+        return float(np.sum(np.asarray(values, dtype=np.float64)))  # NaN if any ALT lacks a value
     return float(values[alt_number - 1]) if alt_number <= len(values) else float("nan")

@@ -1,4 +1,10 @@
-"""Phased sites from a VCF or BCF file (plain, gzip or BGZF), read with cyvcf2/htslib."""
+"""Phased sites from a VCF or BCF file (plain, gzip or BGZF), read with cyvcf2/htslib.
+
+A BGZF file (``.vcf.gz``, ``.bgz``, compressed BCF) cut exactly at a block boundary reads as a
+valid, shorter file, so its end-of-file marker is checked before anything is read. A plain
+gzip file cut anywhere fails in htslib's inflate (its stream lacks the end and the CRC trailer),
+which the reader reports as a truncated file.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ from vcfstore._fileio import file_sha256
 from vcfstore.errors import InputError
 from vcfstore.sources.base import SiteBlock
 from vcfstore.sources.policy import InputPolicy, RecordFilter
+
+# The 28-byte empty block every BGZF writer (htslib, bgzip, pysam) ends a file with (SAM spec 4.1.2).
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
 class VcfSource:
@@ -43,6 +52,7 @@ class VcfSource:
         self.af_field = af_field
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such file")
+        check_bgzf_end(self.path)
         vcf = self._open()
         self.samples = list(vcf.samples)
         vcf.close()
@@ -70,7 +80,8 @@ class VcfSource:
 
     def expected_records(self) -> int | None:
         """The number of records, when an index says so without a pass over the file."""
-        if self.region is not None:
+        # Without an index htslib prints "could not retrieve index" on stderr before giving up.
+        if self.region is not None or not any(Path(f"{self.path}{ext}").is_file() for ext in (".tbi", ".csi")):
             return None
         try:
             vcf = self._open()
@@ -118,3 +129,26 @@ class VcfSource:
             )
         arr = np.stack(gts)
         return self.filter(contigs, positions, ids, refs, alts, arr[:, :, :2], arr[:, :, 2].astype(bool), afs)
+
+
+def check_bgzf_end(path: Path) -> None:
+    """Refuse a BGZF file without the end-of-file marker (truncated, or still being written).
+
+    Files that are not BGZF (plain text, plain gzip, uncompressed BCF) pass unchecked.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(18)
+            # gzip magic, deflate, FEXTRA set, and the "BC" subfield of a BGZF block header
+            if head[:4] != b"\x1f\x8b\x08\x04" or head[12:14] != b"BC":
+                return
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - len(BGZF_EOF), 0))
+            tail = f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the file ({e.strerror})") from None
+    if tail != BGZF_EOF:
+        raise InputError(
+            f"{path}: the file is truncated or corrupt: it is BGZF-compressed but lacks the BGZF end-of-file "
+            "marker (a copy cut short, or a file still being written)"
+        )

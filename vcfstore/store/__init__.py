@@ -1,10 +1,12 @@
-"""The panel store: its format, vocabulary, reader, streamed builder, windows and masks.
+"""The panel store: its format, vocabulary, reader, streamed builder, windows, masks, target alignment.
 
 Importing this package loads neither torch nor FAISS.
 """
 
 from __future__ import annotations
 
+from vcfstore.store.align import AlignedTarget, AlignmentReport
+from vcfstore.store.annotations import SampleAnnotations, read_frequencies, read_sample_annotations
 from vcfstore.store.builder import build_from_arrays, build_store
 from vcfstore.store.format import ATTR_KEY, STORE_FORMAT_VERSION
 from vcfstore.store.masks import EpochMasks, MaskSchedule, masks_version
@@ -14,10 +16,13 @@ from vcfstore.store.windows import check_windows, fixed_windows, read_windows_cs
 
 __all__ = [
     "ATTR_KEY",
+    "AlignedTarget",
+    "AlignmentReport",
     "STORE_FORMAT_VERSION",
     "EpochMasks",
     "MaskSchedule",
     "PanelStore",
+    "SampleAnnotations",
     "Vocabulary",
     "build_from_arrays",
     "build_store",
@@ -28,6 +33,8 @@ __all__ = [
     "masks_version",
     "open_store",
     "pad_sites",
+    "read_frequencies",
+    "read_sample_annotations",
     "read_store_attrs",
     "read_windows_csv",
 ]

@@ -11,6 +11,10 @@ Resuming: after every chunk the number of committed sites is written to the grou
 input and parameters truncates the arrays to the committed sites, skips that many sites of the
 input and continues; the result equals an uninterrupted build. A store is marked complete only
 at the very end, so a half-written store is never opened as a valid one.
+
+A file-system error (disk full, read-only file system, permission denied) ends the build with
+a one-line :class:`StoreError` naming the path and the cause; the committed sites stay, so the
+same command resumes once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -29,8 +34,9 @@ import zarr
 
 from vcfstore._lock import WriterLock
 from vcfstore._version import __version__
-from vcfstore.errors import InputError, StoreError
+from vcfstore.errors import ArgumentError, InputError, InputWarning, StoreError
 from vcfstore.sources import ArraySource, SiteBlock, SiteSource
+from vcfstore.store.annotations import SampleAnnotations, group_frequencies
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
 from vcfstore.store.integrity import record_checksums
 from vcfstore.store.reader import PanelStore, read_store_attrs
@@ -50,9 +56,11 @@ def build_store(
     window_size: int | None = None,
     overlap: int = 0,
     windows: np.ndarray | None = None,
+    allow_overlap: bool = False,
     max_seq_len: int = 1030,
     af_from: Literal["panel", "info"] | np.ndarray = "panel",
     vocab: Vocabulary | None = None,
+    annotations: str | os.PathLike[str] | SampleAnnotations | None = None,
     chunk_sites: int = DEFAULT_CHUNK_SITES,
     haplotype_chunk: int = 8192,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
@@ -74,11 +82,20 @@ def build_store(
         Fixed windows of ``window_size`` sites (default ``max_seq_len - 2``) overlapping by
         ``overlap`` sites, restarted at every contig.
     windows : array [n_windows, 2], optional
-        Explicit half-open site ranges instead (e.g. from :func:`read_windows_csv`).
+        Explicit half-open site ranges instead (e.g. from :func:`read_windows_csv`); not
+        together with ``window_size`` or ``overlap``. Sites outside every window give an
+        :class:`InputWarning`, and so does an input with records that did not become sites
+        (a windows table made for VCF-Bert indexes records; see ``InputPolicy.multiallelic``).
+    allow_overlap : bool
+        Accept explicit windows that share sites.
     max_seq_len : int
         Token length of a window: ``[SOS] sites [EOS] pad``; windows hold at most this minus 2.
     af_from : "panel", "info" or array [n_sites]
         Allele frequency computed from the panel, read from the input's INFO/AF, or supplied.
+    annotations : path or SampleAnnotations, optional
+        A 1000 Genomes ``.panel`` file (``sample pop super_pop gender``): stored with the
+        samples, and a per-super-population frequency table (hom-ref, het, hom-alt, AF) is
+        computed while building (see :mod:`vcfstore.store.annotations`).
     chunk_sites : int
         Sites per chunk (a multiple of 8, so chunks are byte-aligned after bit packing).
     force : bool
@@ -88,8 +105,20 @@ def build_store(
     -------
     PanelStore
         The finished store, opened read-only.
+
+    Raises
+    ------
+    InputError
+        The input or the windows cannot be used (the unfinished store is removed).
+    StoreError
+        ``out`` holds something else, or the file system failed (the build resumes when rerun).
     """
     vocab = vocab or Vocabulary()
+    if source.policy.missing == "mask":
+        raise ArgumentError(
+            "missing='mask' is for imputation targets (vcfstore.store.align); a panel store holds complete "
+            "haplotypes: choose error, skip-site or ref"
+        )
     if chunk_sites < 8 or chunk_sites % 8:
         raise InputError(f"chunk_sites must be a positive multiple of 8, not {chunk_sites}")
     max_sites = max_seq_len - 2
@@ -102,7 +131,12 @@ def build_store(
                 f"(at most {max_sites} sites plus SOS and EOS)"
             )
     else:
-        windows = check_windows(windows, max_sites)
+        if window_size is not None or overlap:
+            raise ArgumentError(
+                "windows come from a table or from window_size/overlap, not both (--windows with --window-size "
+                "or --overlap); use allow_overlap (--allow-overlap) for a table whose windows share sites"
+            )
+        windows = check_windows(windows, max_sites, allow_overlap=allow_overlap)
     supplied_af = None
     if isinstance(af_from, np.ndarray) or not isinstance(af_from, str):
         supplied_af = np.asarray(af_from, dtype=np.float32)
@@ -110,6 +144,8 @@ def build_store(
     elif af_from not in ("panel", "info"):
         raise InputError(f"af_from must be 'panel', 'info' or an array of frequencies, not {af_from!r}")
 
+    if annotations is not None and not isinstance(annotations, SampleAnnotations):
+        annotations = SampleAnnotations.from_panel_file(annotations, source.samples)
     described = source.describe()
     params = {
         "max_seq_len": max_seq_len,
@@ -124,38 +160,67 @@ def build_store(
         "zstd_level": zstd_level,
         "vocab": vocab.to_dict(),
     }
+    if annotations is not None:  # only then, so stores built without keep their identity
+        params["annotations_sha256"] = annotations.digest()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # One writer at a time: a lock file beside the store (zarr's mode="w" clears the directory).
-    lock = WriterLock(out.parent / f".{out.name}.lock", f"building from {described['name']}", StoreError)
-    with lock, zarr.config.set(_EVERY_CHUNK):
-        writer = _Writer.open(out, source, described, params, force)
-        try:
-            report = writer.run(source, block_sites, progress)
-            if supplied_af is not None and len(supplied_af) != writer.sites:
-                raise InputError(
-                    f"the supplied allele frequencies have {len(supplied_af)} entries; "
-                    f"the panel kept {writer.sites} sites"
-                )
-            if windows is None:
-                assert window_size is not None
-                windows = fixed_windows(writer.runs, window_size, overlap)
-            else:
-                windows = check_windows(windows, max_sites, writer.runs)
-        except InputError:
-            # The same input would fail at the same place again, so the unfinished store could
-            # never be resumed: remove it (it is ours and was never marked complete).
-            shutil.rmtree(out, ignore_errors=True)
-            raise
-        writer.finish(windows, supplied_af, report)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # One writer at a time: a lock file beside the store (zarr's mode="w" clears the directory).
+        lock = WriterLock(out.parent / f".{out.name}.lock", f"building from {described['name']}", StoreError)
+        with lock, zarr.config.set(_EVERY_CHUNK):
+            writer = _Writer.open(out, source, described, params, force, annotations)
+            try:
+                report = writer.run(source, block_sites, progress)
+                if supplied_af is not None and len(supplied_af) != writer.sites:
+                    raise InputError(
+                        f"the supplied allele frequencies have {len(supplied_af)} entries; "
+                        f"the panel kept {writer.sites} sites"
+                    )
+                if windows is None:
+                    assert window_size is not None
+                    windows = fixed_windows(writer.runs, window_size, overlap)
+                else:
+                    windows = check_windows(windows, max_sites, writer.runs, allow_overlap=allow_overlap)
+                    _warn_records_not_sites(report, writer.sites)
+            except InputError:
+                # The same input would fail at the same place again, so the unfinished store could
+                # never be resumed: remove it (it is ours and was never marked complete).
+                shutil.rmtree(out, ignore_errors=True)
+                raise
+            writer.finish(windows, supplied_af, report)
+    except OSError as e:
+        raise StoreError(
+            f"{out}: the build stopped: {e.strerror or e} ({e.filename or out}); "
+            "fix the cause and run the same command again to resume"
+        ) from None
     return PanelStore(out)
+
+
+def _warn_records_not_sites(counts: Counter[str], n_sites: int) -> None:
+    """Warn when explicit windows index sites that are not the input's records one to one."""
+    if counts["records"] != n_sites:
+        skipped = {k: v for k, v in sorted(counts.items()) if k.startswith(("skipped_", "split_")) and v}
+        warnings.warn(
+            f"the input's {counts['records']} records became {n_sites} sites ({skipped}); a windows table "
+            "made for VCF-Bert indexes records and would not line up (--multiallelic collapse --non-snv keep "
+            "makes one site per record)",
+            InputWarning,
+            stacklevel=3,
+        )
 
 
 class _Writer:
     """Appends chunk columns to the Zarr group and records progress after each one."""
 
-    def __init__(self, out: Path, root: Any, meta: dict[str, Any], state: dict[str, Any]) -> None:
-        self.out, self.root, self.meta = out, root, meta
+    def __init__(
+        self,
+        out: Path,
+        root: Any,
+        meta: dict[str, Any],
+        state: dict[str, Any],
+        annotations: SampleAnnotations | None,
+    ) -> None:
+        self.out, self.root, self.meta, self.annotations = out, root, meta, annotations
         self.sites: int = state["sites"]
         self.runs: list[tuple[str, int, int]] = [tuple(r) for r in state["runs"]]  # type: ignore[misc]
         self.counts: Counter[str] = Counter(state["counts"])
@@ -163,7 +228,15 @@ class _Writer:
         self.resumed_from: int | None = self.sites or None
 
     @classmethod
-    def open(cls, out: Path, source: SiteSource, described: dict, params: dict, force: bool) -> _Writer:
+    def open(
+        cls,
+        out: Path,
+        source: SiteSource,
+        described: dict,
+        params: dict,
+        force: bool,
+        annotations: SampleAnnotations | None,
+    ) -> _Writer:
         import zarr
 
         identity = hashlib.sha256(
@@ -175,7 +248,7 @@ class _Writer:
             resumable = state is not None and not meta.get("complete") and meta.get("identity") == identity
             if resumable and not force:
                 root = zarr.open_group(str(out), mode="r+")
-                writer = cls(out, root, meta, state)
+                writer = cls(out, root, meta, state, annotations)
                 writer._truncate()
                 return writer
             if not force:
@@ -188,10 +261,32 @@ class _Writer:
             shutil.rmtree(out)
         elif out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise StoreError(f"{out} exists and is not a vcfstore store; refusing to write into it")
-        return cls._create(out, source, described, params, identity)
+        created = not out.exists()
+        try:
+            return cls._create(out, source, described, params, identity, annotations)
+        except OSError:
+            # Stopped before the progress record existed: nothing here can be resumed, and a
+            # leftover group would make the rerun refuse the directory as foreign.
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for child in out.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            raise
 
     @classmethod
-    def _create(cls, out: Path, source: SiteSource, described: dict, params: dict, identity: str) -> _Writer:
+    def _create(
+        cls,
+        out: Path,
+        source: SiteSource,
+        described: dict,
+        params: dict,
+        identity: str,
+        annotations: SampleAnnotations | None,
+    ) -> _Writer:
         import zarr
         from zarr.codecs import ZstdCodec
 
@@ -217,6 +312,18 @@ class _Writer:
             sites.create_array(name, shape=(0,), dtype=str, chunks=site_chunk, compressors=light)
         samples = root.create_array("samples", shape=(len(source.samples),), dtype=str, compressors=light)
         samples[:] = np.asarray(source.samples, dtype=str)
+        if annotations is not None:
+            for name in ("pop", "super_pop", "gender"):
+                arr = root.create_array(f"samples_{name}", shape=(len(source.samples),), dtype=str, compressors=light)
+                arr[:] = getattr(annotations, name)
+            groups = annotations.groups
+            root.create_array(
+                "frequencies",
+                shape=(4, len(groups), 0),
+                dtype="float32",
+                chunks=(4, len(groups), params["chunk_sites"]),
+                compressors=light,
+            )
         meta = {
             "format_version": STORE_FORMAT_VERSION,
             "complete": False,
@@ -228,9 +335,11 @@ class _Writer:
             "params": params,
             "input": described,
         }
+        if annotations is not None:
+            meta["annotations"] = {"source": annotations.source, "groups": annotations.groups}
         state = {"sites": 0, "runs": [], "counts": {}}
         root.attrs.update({ATTR_KEY: meta, PROGRESS_KEY: state})
-        return cls(out, root, meta, state)
+        return cls(out, root, meta, state, annotations)
 
     def _truncate(self) -> None:
         """Cut every array back to the committed sites (a killed build may have written more)."""
@@ -238,6 +347,9 @@ class _Writer:
         alleles.resize((alleles.shape[0], (self.sites + 7) // 8))
         for name in SITE_COLUMNS:
             self.root[f"sites/{name}"].resize((self.sites,))
+        if "frequencies" in self.root:
+            freq = self.root["frequencies"]
+            freq.resize((*freq.shape[:2], self.sites))
 
     def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:
         """Stream the source into the store, skipping sites already committed."""
@@ -309,6 +421,10 @@ class _Writer:
             arr = self.root[f"sites/{name}"]
             arr.resize((start + n,))
             arr[start:] = values
+        if self.annotations is not None:
+            freq = self.root["frequencies"]
+            freq.resize((*freq.shape[:2], start + n))
+            freq[:, :, start:] = group_frequencies(block.alleles, self.annotations)
         self.sites = start + n
         counts = dict(source.filter.counts)
         self.root.attrs[PROGRESS_KEY] = {"sites": self.sites, "runs": self.runs, "counts": counts}
@@ -350,8 +466,9 @@ class _Writer:
             resumed_from_site=self.resumed_from,
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
-        self.root.attrs[ATTR_KEY] = meta
-        del self.root.attrs[PROGRESS_KEY]
+        # One write marks the store complete and drops the progress record (a kill between two
+        # writes would leave a finished store that a rerun refuses to touch).
+        self.root.attrs.put({ATTR_KEY: meta})
 
 
 def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
