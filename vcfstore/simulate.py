@@ -65,8 +65,16 @@ def simulate_reference_and_targets(
     nodes = np.arange(ts.num_samples)
     ref_ts = ts.simplify(samples=nodes[: 2 * n_reference], filter_sites=False)
     tgt_ts = ts.simplify(samples=nodes[2 * n_reference :], filter_sites=False)
-    kwargs = {"window_size": window_size, "max_seq_len": max_seq_len, "progress": False, "force": True}
     out = Path(out)
-    ref = build_store(TreeSequenceSource(ref_ts, name="reference"), out / "reference.vcfstore", **kwargs)
-    tgt = build_store(TreeSequenceSource(tgt_ts, name="targets"), out / "targets.vcfstore", **kwargs)
+    ref, tgt = (
+        build_store(
+            TreeSequenceSource(part, name=name),
+            out / f"{name}.vcfstore",
+            window_size=window_size,
+            max_seq_len=max_seq_len,
+            progress=False,
+            force=True,
+        )
+        for part, name in ((ref_ts, "reference"), (tgt_ts, "targets"))
+    )
     return ref, tgt

@@ -130,7 +130,7 @@ def build(
         raise click.UsageError("--allow-overlap applies to a --windows CSV (fixed windows overlap by --overlap)")
     with warnings.catch_warnings():
         warnings.showwarning = _show_input_warning(warnings.showwarning)
-        source = open_source(input_path, region=region, policy=InputPolicy(**policy))
+        source = open_source(input_path, region=region, policy=InputPolicy(**policy))  # type: ignore[arg-type]  # click checked the choices
         windows = read_windows_csv(windows_csv, allow_overlap=allow_overlap) if windows_csv else None
         store = build_store(
             source,
@@ -140,10 +140,10 @@ def build(
             windows=windows,
             allow_overlap=allow_overlap,
             max_seq_len=max_seq_len,
-            af_from=af_from,
+            af_from=af_from,  # type: ignore[arg-type]  # click checked the choices
             annotations=samples_panel,
             force=force,
-            progress=not quiet,  # type: ignore[arg-type]
+            progress=not quiet,
         )
     print_store_info(store.info())
 

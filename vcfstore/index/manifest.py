@@ -63,7 +63,13 @@ class WindowEntry:
         return np.unpackbits(bits)[:max_seq_len].astype(bool)
 
 
-_ENTRY_TYPES = {"window": int, "n_vectors": int, "dim": int, "size": int, "max_norm2": (int, float)}
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "window": int,
+    "n_vectors": int,
+    "dim": int,
+    "size": int,
+    "max_norm2": (int, float),
+}
 
 
 @dataclass
@@ -93,13 +99,14 @@ class Manifest:
                 f"{directory}: index set format {raw.get('format_version')} is not supported "
                 f"(this vcfstore reads {INDEX_FORMAT_VERSION}); rebuild it"
             )
-        for key, want in (("store", str), ("kind", str), ("factory", str), ("windows", dict)):
+        expected: tuple[tuple[str, type], ...] = (("store", str), ("kind", str), ("factory", str), ("windows", dict))
+        for key, want in expected:
             if not isinstance(raw.get(key), want):
                 raise IndexSetError(f"{path} is damaged: key {key!r} is missing or not a {want.__name__}")
-        windows = {}
-        for name, e in raw["windows"].items():
-            key = _window_key(path, name)
-            windows[key] = _entry(path, name, e)
+        windows: dict[int, WindowEntry] = {}
+        for name, entry in raw["windows"].items():
+            w = _window_key(path, name)
+            windows[w] = _entry(path, name, entry)
         return cls(
             store=raw["store"],
             kind=raw["kind"],

@@ -254,7 +254,7 @@ def _info_af_value(values: Sequence[float] | float | None, alt_number: int) -> f
     """INFO/AF of one site; a collapsed site's frequency is the sum over its ALT alleles."""
     if values is None:
         return float("nan")
-    if np.isscalar(values):
+    if isinstance(values, (int, float, np.number)):
         return float(values) if alt_number in (1, _ANY_ALT) else float("nan")
     if alt_number == _ANY_ALT:
         return float(np.sum(np.asarray(values, dtype=np.float64)))  # NaN if any ALT lacks a value

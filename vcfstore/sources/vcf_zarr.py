@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -27,9 +28,9 @@ class VcfZarrSource:
 
         self.path = Path(path)
         try:
-            self.root = zarr.open_group(str(self.path), mode="r")
+            self.root: Any = cast(Any, zarr.open_group(str(self.path), mode="r"))  # arrays by name
             self.samples = [str(s) for s in self.root["sample_id"][:]]
-            self._gt = self.root["call_genotype"]
+            self._gt: Any = self.root["call_genotype"]
         except Exception as e:  # noqa: BLE001 - any failure here means "not a VCF Zarr store"
             raise InputError(f"{self.path}: not a VCF Zarr store ({e})") from None
         if self._gt.ndim != 3 or self._gt.shape[2] != 2:
@@ -49,7 +50,7 @@ class VcfZarrSource:
         return int(self._gt.shape[0])
 
     def blocks(self, block_sites: int = 1024) -> Iterator[SiteBlock]:
-        r = self.root
+        r: Any = self.root
         contig_names = [str(c) for c in r["contig_id"][:]]
         n = self._gt.shape[0]
         if n == 0:

@@ -312,7 +312,7 @@ def _open_target(
 ) -> PanelStore | SiteSource:
     if isinstance(target, PanelStore) or hasattr(target, "blocks"):
         return target  # type: ignore[return-value]
-    path = Path(target)  # type: ignore[arg-type]
+    path = Path(target)
     if path.is_dir() and read_store_attrs(path) is not None:
         return PanelStore(path)
     if not path.exists():

@@ -127,10 +127,10 @@ def read_sample_annotations(store: Any) -> SampleAnnotations | None:
     if "annotations" not in store.meta:
         return None
     root = store.root
-    return SampleAnnotations(
-        *(np.asarray(root[f"samples_{name}"][:].tolist(), dtype=str) for name in ("pop", "super_pop", "gender")),
-        source=store.meta["annotations"]["source"],
+    pop, super_pop, gender = (
+        np.asarray(root[f"samples_{name}"][:].tolist(), dtype=str) for name in ("pop", "super_pop", "gender")
     )
+    return SampleAnnotations(pop, super_pop, gender, source=store.meta["annotations"]["source"])
 
 
 def read_frequencies(store: Any, start: int = 0, stop: int | None = None) -> tuple[list[str], np.ndarray] | None:

@@ -138,10 +138,13 @@ def build_store(
             )
         windows = check_windows(windows, max_sites, allow_overlap=allow_overlap)
     supplied_af = None
+    af_source: str
     if isinstance(af_from, np.ndarray) or not isinstance(af_from, str):
         supplied_af = np.asarray(af_from, dtype=np.float32)
-        af_from = "supplied"
-    elif af_from not in ("panel", "info"):
+        af_source = "supplied"
+    elif af_from in ("panel", "info"):
+        af_source = af_from
+    else:
         raise InputError(f"af_from must be 'panel', 'info' or an array of frequencies, not {af_from!r}")
 
     if annotations is not None and not isinstance(annotations, SampleAnnotations):
@@ -152,7 +155,7 @@ def build_store(
         "window_size": window_size,
         "overlap": overlap,
         "windows_sha256": None if windows is None else hashlib.sha256(windows.tobytes()).hexdigest(),
-        "af_from": af_from,
+        "af_from": af_source,
         "af_sha256": None if supplied_af is None else hashlib.sha256(supplied_af.tobytes()).hexdigest(),
         "policy": source.policy.to_dict(),
         "chunk_sites": chunk_sites,
@@ -222,7 +225,7 @@ class _Writer:
     ) -> None:
         self.out, self.root, self.meta, self.annotations = out, root, meta, annotations
         self.sites: int = state["sites"]
-        self.runs: list[tuple[str, int, int]] = [tuple(r) for r in state["runs"]]  # type: ignore[misc]
+        self.runs: list[tuple[str, int, int]] = [(str(c), int(a), int(b)) for c, a, b in state["runs"]]
         self.counts: Counter[str] = Counter(state["counts"])
         self.chunk_sites: int = meta["params"]["chunk_sites"]
         self.resumed_from: int | None = self.sites or None
@@ -246,7 +249,7 @@ class _Writer:
         if existing is not None:
             meta, state = existing
             resumable = state is not None and not meta.get("complete") and meta.get("identity") == identity
-            if resumable and not force:
+            if resumable and not force and state is not None:
                 root = zarr.open_group(str(out), mode="r+")
                 writer = cls(out, root, meta, state, annotations)
                 writer._truncate()
@@ -337,7 +340,7 @@ class _Writer:
         }
         if annotations is not None:
             meta["annotations"] = {"source": annotations.source, "groups": annotations.groups}
-        state = {"sites": 0, "runs": [], "counts": {}}
+        state: dict[str, Any] = {"sites": 0, "runs": [], "counts": {}}
         root.attrs.update({ATTR_KEY: meta, PROGRESS_KEY: state})
         return cls(out, root, meta, state, annotations)
 

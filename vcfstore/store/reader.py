@@ -151,7 +151,7 @@ class PanelStore:
     @property
     def contigs(self) -> list[tuple[str, int, int]]:
         """Per contig: (name, first site, one past the last site)."""
-        return [tuple(r) for r in self.meta["contig_runs"]]  # type: ignore[misc]
+        return [(str(c), int(a), int(b)) for c, a, b in self.meta["contig_runs"]]
 
     @cached_property
     def samples(self) -> np.ndarray:

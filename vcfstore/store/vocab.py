@@ -78,6 +78,6 @@ def layout_site_tokens(site_tokens: np.ndarray, max_seq_len: int, vocab: Vocabul
 
 def pad_sites(values: np.ndarray, max_seq_len: int, dtype: type = np.float32) -> np.ndarray:
     """Place per-site values at token positions 1..n (0 at SOS, EOS and padding)."""
-    out = np.zeros(max_seq_len, dtype=dtype)
+    out: np.ndarray = np.zeros(max_seq_len, dtype=dtype)
     out[1 : len(values) + 1] = values
     return out
