@@ -21,11 +21,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # No torch here: these tests do not need it, and PyPI's default torch is a multi-GB CUDA build.
 if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "zarr>=3.2" numcodecs numpy psutil cyvcf2 \
-        msprime click tqdm rich pytest hypothesis bio2zarr \
+        msprime click tqdm rich pytest hypothesis bio2zarr pysam \
     || ! "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .; then
     echo "zarr-latest: packages could not be installed; skipped"
     exit 0
 fi
 "$venv/bin/python" -c 'import sys, zarr; print(f"zarr-latest: Python {sys.version.split()[0]}, zarr {zarr.__version__}")'
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_store.py tests/test_ingest.py tests/test_fork.py \
-    tests/test_build_process.py
+    tests/test_build_process.py tests/test_integrity.py tests/test_panels.py tests/test_align.py
