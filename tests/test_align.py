@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import vcfstore as vs
-from tests.conftest import write_vcf
+from tests.helpers import write_vcf
 from vcfstore.store.align import AlignedTarget
 
 N_TARGET_SAMPLES = 5

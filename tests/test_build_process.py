@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import vcfstore as vs
-from tests.conftest import vcf_from_arrays
+from tests.helpers import vcf_from_arrays
 from vcfstore.testing import run_measured
 
 BUILD = """

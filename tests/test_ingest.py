@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vcfstore as vs
-from tests.conftest import vcf_from_arrays, write_vcf
+from tests.helpers import vcf_from_arrays, write_vcf
 
 
 def _independent_read(path):

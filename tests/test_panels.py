@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import vcfstore as vs
-from tests.conftest import write_vcf
+from tests.helpers import write_vcf
 from vcfstore.app.cli import main
 from vcfstore.errors import InputWarning
 from vcfstore.sources.vcf import BGZF_EOF
