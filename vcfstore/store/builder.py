@@ -101,6 +101,14 @@ def build_store(
     supplied_af = None
     if isinstance(af_from, np.ndarray) or not isinstance(af_from, str):
         supplied_af = np.asarray(af_from, dtype=np.float32)
+        if supplied_af.ndim != 1:
+            raise InputError(f"the supplied allele frequencies have shape {supplied_af.shape}; expected [n_sites]")
+        bad = np.flatnonzero(~((supplied_af >= 0) & (supplied_af <= 1)))  # NaN fails both
+        if bad.size:
+            raise InputError(
+                f"the supplied allele frequencies hold {supplied_af[bad[0]]} at site {bad[0]} "
+                f"({bad.size} such): each must be a finite value in [0, 1]"
+            )
         af_from = "supplied"
     elif af_from not in ("panel", "info"):
         raise InputError(f"af_from must be 'panel', 'info' or an array of frequencies, not {af_from!r}")
@@ -287,6 +295,10 @@ class _Writer:
                     f"site {block.contigs[i]}:{block.positions[i]} has no INFO/AF value; use --af-from panel"
                 )
             af = block.info_af.astype(np.float32)
+            bad = np.flatnonzero((af < 0) | (af > 1))  # infinities included
+            if bad.size:
+                i = int(bad[0])
+                raise InputError(f"site {block.contigs[i]}:{block.positions[i]} has INFO/AF {af[i]}, outside [0, 1]")
         columns = {
             "position": block.positions,
             "contig": contig_idx,
