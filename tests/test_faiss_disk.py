@@ -16,8 +16,8 @@ import torch
 
 import vcfstore as vs
 from vcfstore.index import IndexSet, IndexSetError, ReadOnlyIndexError, StaleIndexError, advise_mapping
-from vcfstore.testing import run_measured
 from vcfstore.retrieval.layers import PositionwiseEmbedding
+from vcfstore.testing import run_measured
 
 
 def _layer(d: int = 4, seed: int = 0) -> PositionwiseEmbedding:

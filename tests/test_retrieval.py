@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -266,7 +265,7 @@ def test_table_path_equals_popcount_path(sim_store):
     d_mat, i_mat = ExactSearcher(layer, kwargs, method="matmul").search(alleles, q, 16, **args)
     np.testing.assert_array_equal(i_pop, i_mat)
     np.testing.assert_allclose(d_pop, d_mat, rtol=1e-6, atol=1e-6)
-    bd, bi = _brute_force(sim_store, lambda t, af: layer(t, af=af, pos=False), 2, q, 16)
+    _, bi = _brute_force(sim_store, lambda t, af: layer(t, af=af, pos=False), 2, q, 16)
     np.testing.assert_array_equal(i_pop, bi)
     with pytest.raises(vs.ArgumentError, match="method='popcount' needs per-site terms that are equal"):
         ExactSearcher(_layer(6), method="popcount").search(alleles, q, 4, **args)

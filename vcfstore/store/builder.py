@@ -106,7 +106,7 @@ def build_store(
         bad = np.flatnonzero(~((supplied_af >= 0) & (supplied_af <= 1)))  # NaN fails both
         if bad.size:
             raise InputError(
-                f"the supplied allele frequencies hold {supplied_af[bad[0]]} at site {bad[0]} "
+                f"the supplied allele frequencies hold {float(supplied_af[bad[0]]):g} at site {bad[0]} "
                 f"({bad.size} such): each must be a finite value in [0, 1]"
             )
         af_from = "supplied"
