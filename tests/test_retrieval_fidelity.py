@@ -387,3 +387,10 @@ def test_bad_allele_frequencies_at_build(sim_arrays, tmp_path):
 def test_popcount_switch_is_public():
     with pytest.raises(vs.ArgumentError, match="method must be one of"):
         ExactSearcher(_vcfbert(16), POS, method="fast")
+
+
+def test_tie_tolerance_is_a_deprecated_name_of_error_bound(small_index):
+    _, _, _, _, iset = small_index
+    x = np.ones((2, iset.dim), np.float32)
+    with pytest.warns(DeprecationWarning, match="use error_bound"):
+        np.testing.assert_array_equal(iset.tie_tolerance(0, x), iset.error_bound(0, x))
