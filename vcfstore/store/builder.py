@@ -298,7 +298,8 @@ class _Writer:
             bad = np.flatnonzero((af < 0) | (af > 1))  # infinities included
             if bad.size:
                 i = int(bad[0])
-                raise InputError(f"site {block.contigs[i]}:{block.positions[i]} has INFO/AF {af[i]}, outside [0, 1]")
+                where = f"{block.contigs[i]}:{block.positions[i]}"
+                raise InputError(f"site {where} has INFO/AF {float(af[i]):g}, outside [0, 1]")
         columns = {
             "position": block.positions,
             "contig": contig_idx,
