@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -11,7 +10,7 @@ from torch.utils.data import DataLoader
 import vcfstore as vs
 from vcfstore.errors import NotPositionwiseError
 from vcfstore.index import IndexSet
-from vcfstore.retrieval import top_k
+from vcfstore.retrieval import ExactSearcher
 from vcfstore.retrieval.layers import ConvEmbedding, PositionwiseEmbedding
 
 
@@ -21,27 +20,29 @@ def _layer(d=8, seed=0):
 
 
 def _flat(layer, tokens, af):
-    layer.eval()
+    if isinstance(layer, torch.nn.Module):
+        layer.eval()
     with torch.no_grad():
         a = torch.as_tensor(np.broadcast_to(af, tokens.shape).copy())
         return layer(torch.as_tensor(tokens), af=a).reshape(len(tokens), -1).numpy()
 
 
 def _brute_force(store, layer, w, queries, k, query_af=None):
-    """IndexFlatL2 over every masked reference, then the tie rule (lowest index among equal)."""
-    ref_tokens = np.stack([store.window_tokens(w, rows=np.arange(store.n_haplotypes), mask=q == 4) for q in queries])
+    """float64 squared L2 over every masked reference's flattened embedding; equal distances by lowest index.
+
+    Distances within 1e-12 relative (float64 rounding of sums in different orders) are equal.
+    """
     out_d, out_i = [], []
-    for q, refs in zip(queries, ref_tokens, strict=True):
-        r = _flat(layer, refs, store.window_af(w))
-        x = _flat(layer, q[None], store.window_af(w) if query_af is None else query_af)
-        index = faiss.IndexFlatL2(r.shape[1])
-        index.add(r)
-        d, i = index.search(x, store.n_haplotypes)
-        atol = 16 * np.finfo(np.float32).eps * np.sqrt(r.shape[1]) * ((x**2).sum() + (r**2).sum(1).max())
-        order = np.argsort(i[0])
-        dd, pos = top_k(d[:, order].astype(np.float64), k, np.array([[atol]]))
-        out_d.append(dd[0])
-        out_i.append(i[0, order][pos[0]])
+    for q in queries:
+        refs = store.window_tokens(w, rows=np.arange(store.n_haplotypes), mask=q == 4)
+        r = _flat(layer, refs, store.window_af(w)).astype(np.float64)
+        x = _flat(layer, q[None], store.window_af(w) if query_af is None else query_af)[0].astype(np.float64)
+        d = ((r - x) ** 2).sum(1)
+        order = np.argsort(d, kind="stable")
+        group = np.concatenate([[0], np.cumsum(np.diff(d[order]) > 1e-12 * d[order][1:])])
+        i = order[np.lexsort((order, group))][:k]
+        out_d.append(d[i])
+        out_i.append(i)
     return np.array(out_d), np.array(out_i)
 
 
@@ -248,15 +249,23 @@ def test_training_example_learns(tmp_path):
     assert r.budget_report["refused"] == 0
 
 
-def test_table_path_equals_popcount_path(sim_store, monkeypatch):
+def test_table_path_equals_popcount_path(sim_store):
     """The matrix-product path (used on a GPU, or when AFs differ) equals the popcount path."""
-    import vcfstore.retrieval.exact_search as exact
-
-    layer = _layer(6)
+    torch.manual_seed(0)
+    layer = PositionwiseEmbedding(d_model=6).eval()
+    with torch.no_grad():  # no AF term: with pos=False every site's terms are bitwise equal (Hamming)
+        for p in layer.af_mlp.parameters():
+            p.zero_()
+    kwargs = {"pos": False}
     mask = vs.MaskSchedule(4).window_mask(sim_store, 2, 0, 0.5)
     q = sim_store.window_tokens(2, rows=np.arange(30), mask=mask)
-    d_pop, i_pop = vs.Retriever(sim_store, layer, k=16, backend="exact").search(2, q)
-    monkeypatch.setattr(exact, "hamming_constant", lambda *a, **k: None)
-    d_mat, i_mat = vs.Retriever(sim_store, layer, k=16, backend="exact").search(2, q)
+    args = dict(max_seq_len=sim_store.max_seq_len, vocab=sim_store.vocab, ref_af=sim_store.window_af(2))
+    alleles = sim_store.window_alleles(2)
+    d_pop, i_pop = ExactSearcher(layer, kwargs, method="popcount").search(alleles, q, 16, **args)
+    d_mat, i_mat = ExactSearcher(layer, kwargs, method="matmul").search(alleles, q, 16, **args)
     np.testing.assert_array_equal(i_pop, i_mat)
     np.testing.assert_allclose(d_pop, d_mat, rtol=1e-6, atol=1e-6)
+    _, bi = _brute_force(sim_store, lambda t, af: layer(t, af=af, pos=False), 2, q, 16)
+    np.testing.assert_array_equal(i_pop, bi)
+    with pytest.raises(vs.ArgumentError, match="method='popcount' needs per-site terms that are equal"):
+        ExactSearcher(_layer(6), method="popcount").search(alleles, q, 4, **args)

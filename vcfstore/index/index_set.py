@@ -30,7 +30,8 @@ from vcfstore.index.mapping import ADVICE, DEFAULT_ADVICE, MappedIndex, advise_m
 from vcfstore.index.runtime import faiss, set_search_threads
 from vcfstore.memory.budget import MemoryBudget
 from vcfstore.memory.lru import LruCache
-from vcfstore.retrieval.embedding import Embedding, embedding_digest, eval_mode, to_numpy
+from vcfstore.retrieval.embedding import Embedding, check_pos_stated, embedding_digest, eval_mode, to_numpy
+from vcfstore.retrieval.exact_search import top_k
 from vcfstore.store.masks import masks_version
 from vcfstore.store.reader import PanelStore
 
@@ -41,6 +42,10 @@ _VERIFIED: dict[str, tuple[tuple[int, int, int], str]] = {}
 def _file_identity(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+F32_EPS = float(np.finfo(np.float32).eps)
+U64 = 2.0**-53  # float64's unit roundoff
 
 
 class IndexSet:
@@ -104,9 +109,12 @@ class IndexSet:
         embedding: Embedding | None = None,
         masks: Sequence[np.ndarray] | None = None,
         weights_version: str | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        """Windows whose index is missing or was built with other weights or masks than these."""
-        weights = embedding_digest(embedding, weights_version) if embedding is not None or weights_version else None
+        """Windows whose index is missing or was built with other weights, call or masks than these."""
+        weights = None
+        if embedding is not None or weights_version:
+            weights = embedding_digest(embedding, weights_version, forward_kwargs)  # type: ignore[arg-type]
         stale = []
         for w in range(self.store.n_windows):
             e = self.manifest.windows.get(w)
@@ -117,7 +125,11 @@ class IndexSet:
         return stale
 
     def check_fresh(self, w: int, *, mask: np.ndarray | None = None, weights: str | None = None) -> None:
-        """Raise :class:`StaleIndexError` if window ``w``'s index does not match ``mask``/``weights``."""
+        """Raise :class:`StaleIndexError` if window ``w``'s index does not match ``mask``/``weights``.
+
+        ``weights`` is an :func:`~vcfstore.retrieval.embedding_digest` (the layer's weights and
+        the keyword arguments it is called with).
+        """
         e = self.entry(w)
         if mask is not None and e.mask_bits != pack_mask(mask):
             raise StaleIndexError(
@@ -125,7 +137,16 @@ class IndexSet:
                 f"({e.mask_version}); rebuild the index set for these masks (IndexSet.rebuild) or use backend='exact'"
             )
         if weights is not None and e.weights != weights:
-            raise StaleIndexError(f"window {w}: the index was built with other embedding weights; call rebuild()")
+            hint = (
+                " (it was built with weights_version; pass the same weights_version)"
+                if e.weights.startswith("user:") != weights.startswith("user:")
+                else ""
+            )
+            raise StaleIndexError(
+                f"window {w}: the index was built with other embedding weights, another layer or other "
+                f"forward_kwargs ({e.weights}, not {weights}){hint}; rebuild it (IndexSet.rebuild) "
+                "or use backend='exact'"
+            )
 
     # --- building --------------------------------------------------------------------------
     @classmethod
@@ -193,10 +214,10 @@ class IndexSet:
         if manifest is None:
             manifest = Manifest(store=store.identity, kind=kind, factory=factory_string(kind))
         todo = list(range(store.n_windows)) if windows is None else [store.check_window(w) for w in windows]
+        check_pos_stated(embedding, forward_kwargs, store, device)
         writer = WindowIndexWriter(store, embedding, forward_kwargs, device, batch_rows, kind, budget)
-        run = IndexBuild(
-            directory, manifest, writer, masks, embedding_digest(embedding, weights_version), masks_version(masks)
-        )
+        weights = embedding_digest(embedding, weights_version, forward_kwargs)
+        run = IndexBuild(directory, manifest, writer, masks, weights, masks_version(masks))
         pending = [w for w in todo if not run.is_valid(w)]
         bar = tqdm(total=len(todo), unit=" windows", desc=f"indexing {directory.name}", disable=not progress)
         bar.update(len(todo) - len(pending))
@@ -227,7 +248,9 @@ class IndexSet:
         **kwargs: Any,
     ) -> list[int]:
         """Rebuild only the stale windows (other weights or masks, or missing); returns them."""
-        stale = self.stale_windows(embedding=embedding, masks=masks, weights_version=weights_version)
+        stale = self.stale_windows(
+            embedding=embedding, masks=masks, weights_version=weights_version, forward_kwargs=forward_kwargs
+        )
         if stale:
             fresh = IndexSet.build(
                 self.store,
@@ -393,7 +416,11 @@ class IndexSet:
 
     # --- searching -------------------------------------------------------------------------
     def search(self, window: int, vectors: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest indexed haplotypes of each query vector in ``window``'s index.
+        """The ``k`` nearest indexed haplotypes of each query vector in ``window``'s index, as FAISS ranks them.
+
+        FAISS's float32 distances carry rounding errors up to :meth:`error_bound` (far more than
+        one site's step with real layers), so its order among close distances is not exact;
+        :meth:`search_exact` is.
 
         Parameters
         ----------
@@ -409,20 +436,138 @@ class IndexSet:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise IndexSetError(f"query vectors have shape {x.shape}; this index set needs [n, {self.dim}]")
         index = self.index(window)
-        if not 1 <= k <= index.ntotal:
-            raise IndexSetError(f"k must be in [1, {index.ntotal}], not {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= index.ntotal:
+            raise IndexSetError(f"k must be in [1, {index.ntotal}], not {k!r}")
         set_search_threads(self.omp_threads)
-        return index.search(x, k)
+        return index.search(x, int(k))
+
+    def error_bound(self, window: int, queries: np.ndarray) -> np.ndarray:
+        """Per query [n, 1]: how far FAISS's float32 distance may lie from the exact one.
+
+        FAISS computes ``|q|^2 + |r|^2 - 2 q.r`` (``sum (q - r)^2`` for a few queries) in float32
+        over ``dim`` terms. Its blocked sums round like a random walk, ``sqrt(dim) u`` relative
+        to the magnitudes summed, each at most ``|q|^2 + |r|^2``; the bound takes 16 times that
+        (the worst case, ``dim u``, would make every search a full scan). Measured on
+        1000 Genomes windows with VCF-Bert's layer (D = 192 and 384): FAISS's errors stayed below
+        1/100 of this bound. It sizes the candidate net of :meth:`search_exact`; it never decides a
+        ranking.
+        """
+        q2 = (np.asarray(queries, dtype=np.float64) ** 2).sum(axis=1, keepdims=True)
+        r2 = self.entry(window).max_norm2
+        return 16 * F32_EPS * np.sqrt(self.dim) * (q2 + r2) + 1e-12
 
     def tie_tolerance(self, window: int, queries: np.ndarray) -> np.ndarray:
-        """Per query [n, 1]: how far apart FAISS may report two equal distances.
+        """Deprecated name of :meth:`error_bound` (it is an error bound, not a tie rule)."""
+        warnings.warn("IndexSet.tie_tolerance is deprecated: use error_bound", DeprecationWarning, stacklevel=2)
+        return self.error_bound(window, queries)
 
-        FAISS computes ``|q|^2 + |r|^2 - 2 q.r`` in float32 with BLAS: the error grows like
-        ``eps * sqrt(dim) * (|q|^2 + |r|^2)`` (measured here up to 7e-5 relative at dim 8,240).
+    def vectors(self, window: int, ids: np.ndarray) -> np.ndarray:
+        """The vectors window ``window``'s index holds for haplotypes ``ids`` (decoded): float32 [n, dim]."""
+        ids = np.asarray(ids, dtype=np.int64)
+        index = self.index(window)
+        if ids.size and (ids.min() < 0 or ids.max() >= index.ntotal):
+            raise IndexSetError(f"haplotype ids must lie in [0, {index.ntotal}); got {ids.min()}..{ids.max()}")
+        order = np.argsort(ids, kind="stable")
+        runs = np.split(ids[order], np.flatnonzero(np.diff(ids[order]) != 1) + 1) if ids.size else []
+        out = np.empty((len(ids), index.d), dtype=np.float32)
+        at = 0
+        for run in runs:  # contiguous runs of ids: one call each
+            try:
+                out[order[at : at + len(run)]] = index.reconstruct_n(int(run[0]), len(run))
+            except RuntimeError as e:
+                raise IndexSetError(
+                    f"a {self.kind!r} index cannot return its vectors ({str(e).splitlines()[0]}); exact ranking "
+                    "needs an exhaustive kind: flat, fp16, SQ8 or PQ"
+                ) from None
+            at += len(run)
+        return out
+
+    def search_exact(self, window: int, vectors: Any, k: int, *, first_net: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """The exact ``k`` nearest indexed vectors of each query: FAISS's candidates, ranked exactly.
+
+        Ranking. Candidates are ranked by their squared L2 distance to the stored vectors,
+        computed in float64 from the float32 values: each difference is exact (or rounds by u
+        relative, u = 2^-53, for values 2^28 times apart), each square rounds by at most 3 u
+        relative, and NumPy's pairwise sums (of blocks of 8,192 values, then of the block sums)
+        add at most ``(log2(dim) + 31) u`` of the total. Two computations of one exact distance
+        ``d`` thus differ by at most ``beta d``, ``beta = 2 (log2(dim) + 35) u`` (about 1e-14):
+        distances that close tie, and ties go to the lowest index. Nothing wider is merged.
+
+        Candidates. FAISS's float32 distances ``d~`` lie within ``e`` (:meth:`error_bound`) of the
+        exact ones, so the exact k-th distance is at most ``d~_k + e`` and every reference among
+        (or tied with) the exact k nearest has ``d~ <= cut = d~_k + 2 e + n beta (d~_k + e)``
+        (a tie chain spans at most ``n`` steps of ``beta d``). The candidates are the references
+        with ``d~ <= cut``; a net of FAISS's ``k + first_net`` nearest that ends below ``cut`` is
+        widened to every reference (a second scan). For flat indexes the stored vectors are the
+        embeddings themselves; for lossy kinds (fp16, SQ8, PQ) the ranking is exact for their
+        decoded vectors; kinds that do not scan every vector (IVF, HNSW) may miss candidates.
+        Cost: one float64 pass over each query-candidate pair (about 0.6 ms per pair on two cores at
+        dim = 1030 x 192), on top of FAISS's scan.
+
+        Returns
+        -------
+        (distances float64 [n, k], indices int64 [n, k])
         """
-        q2 = (queries.astype(np.float64) ** 2).sum(axis=1, keepdims=True)
-        r2 = self.entry(window).max_norm2
-        return 16 * np.finfo(np.float32).eps * np.sqrt(self.dim) * (q2 + r2) + 1e-12
+        x = np.ascontiguousarray(to_numpy(vectors), dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise IndexSetError(f"query vectors have shape {x.shape}; this index set needs [n, {self.dim}]")
+        if not np.isfinite(x).all():
+            raise IndexSetError("query vectors hold NaN or infinite values")
+        n_ref = self.index(window).ntotal
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_ref:
+            raise IndexSetError(f"k must be in [1, {n_ref}], not {k!r}")
+        beta = 2 * (np.log2(self.dim) + 35) * U64
+        e = self.error_bound(window, x)[:, 0]
+        m = min(n_ref, k + first_net)
+        d, i = self.search(window, x, m)
+        nets = [(d[j], i[j]) for j in range(len(x))]
+        cut = d[:, k - 1] + 2 * e + n_ref * beta * (d[:, k - 1] + e)
+        short = np.flatnonzero(~(cut < d[:, m - 1])) if m < n_ref else []
+        if len(short):
+            d2, i2 = self.search(window, x[short], n_ref)
+            for s, j in enumerate(short):
+                nets[j] = (d2[s], i2[s])
+        rows = []
+        for j, (dj, ij) in enumerate(nets):
+            if (ij < 0).any():
+                raise IndexSetError(f"window {window}: FAISS returned no neighbour (label -1) for query {j}")
+            rows.append(np.sort(ij[dj <= cut[j]]))  # index order: top_k keeps it among ties
+        row = np.concatenate(rows)
+        exact = self._exact_distances(window, x, np.repeat(np.arange(len(x)), [len(r) for r in rows]), row)
+        out_d = np.empty((len(x), k))
+        out_i = np.empty((len(x), k), dtype=np.int64)
+        at = 0
+        for j, rj in enumerate(rows):
+            dj = exact[at : at + len(rj)]
+            at += len(rj)
+            _, pos = top_k(dj[None], k, beta * dj.max())
+            out_d[j], out_i[j] = dj[pos[0]], rj[pos[0]]
+        return out_d, out_i
+
+    def _exact_distances(
+        self, window: int, x: np.ndarray, owner: np.ndarray, row: np.ndarray, *, pairs: int = 64, block: int = 8192
+    ) -> np.ndarray:
+        """float64 ``||x[owner] - v[row]||^2`` per pair, in cache-sized blocks of ``pairs`` x ``block`` values.
+
+        Each block's squares are added by NumPy's pairwise sum, then the block sums by another.
+        """
+        out = np.empty(len(row))
+        order = np.argsort(row, kind="stable")  # pairs grouped by stored vector: each is read about once
+        n_blocks = -(-x.shape[1] // block)
+        buf = np.empty((pairs, block))
+        for s in range(0, len(order), pairs):
+            p = order[s : s + pairs]
+            ids, loc = np.unique(row[p], return_inverse=True)
+            vecs, own = self.vectors(window, ids), owner[p]
+            part = np.empty((len(p), n_blocks))
+            for b in range(n_blocks):
+                cols = slice(b * block, min(x.shape[1], (b + 1) * block))
+                diff = buf[: len(p), : cols.stop - cols.start]
+                np.subtract(vecs[loc, cols], x[own, cols], out=diff, dtype=np.float64)  # exact
+                np.square(diff, out=diff)
+                part[:, b] = diff.sum(axis=1)
+            out[p] = part.sum(axis=1)
+        return out
 
     def verify(self, windows: Sequence[int] | None = None) -> list[int]:
         """Re-hash index files against the manifest; returns the windows that fail."""

@@ -6,9 +6,17 @@ Importing this package imports torch (not FAISS).
 from __future__ import annotations
 
 from vcfstore.errors import NotPositionwiseError
-from vcfstore.retrieval.embedding import Embedding, embed, embedding_device, embedding_digest, eval_mode, to_numpy
+from vcfstore.retrieval.embedding import (
+    Embedding,
+    WeightsIdentity,
+    embed,
+    embedding_device,
+    embedding_digest,
+    eval_mode,
+    to_numpy,
+)
 from vcfstore.retrieval.exact_search import ExactSearcher, top_k
-from vcfstore.retrieval.layers import ConvEmbedding, PositionwiseEmbedding
+from vcfstore.retrieval.layers import ConvEmbedding, PositionwiseEmbedding, VcfBertEmbedding
 from vcfstore.retrieval.retriever import Retriever
 from vcfstore.retrieval.torch_data import IGNORE_INDEX, TargetDataset, WindowGroupedBatchSampler, collate
 
@@ -21,6 +29,8 @@ __all__ = [
     "PositionwiseEmbedding",
     "Retriever",
     "TargetDataset",
+    "VcfBertEmbedding",
+    "WeightsIdentity",
     "WindowGroupedBatchSampler",
     "collate",
     "embed",

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from vcfstore.errors import VcfstoreError
+from vcfstore.errors import ArgumentError, VcfstoreError
+from vcfstore.store.reader import PanelStore
+from vcfstore.store.vocab import layout_site_tokens
 
 Embedding = Callable[..., torch.Tensor]
 
@@ -47,16 +51,47 @@ def embed(
     return out
 
 
-def embedding_digest(embedding: Embedding, weights_version: str | None = None) -> str:
-    """Identify the weights an index was built with: a user version, or a digest of the state dict.
+def _forward_parameters(embedding: Embedding) -> dict[str, inspect.Parameter]:
+    """The named parameters of ``embedding``'s forward (empty where Python cannot inspect it)."""
+    fn = embedding.forward if isinstance(embedding, torch.nn.Module) else embedding
+    try:
+        return dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def effective_kwargs(embedding: Embedding, forward_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``forward_kwargs`` less those equal to the forward's own defaults: the call they change."""
+    params = _forward_parameters(embedding)
+    out = {}
+    for name, value in sorted((forward_kwargs or {}).items()):
+        default = params[name].default if name in params else inspect.Parameter.empty
+        try:
+            same = type(default) is type(value) and bool(default == value)
+        except (TypeError, ValueError, RuntimeError):  # values without a plain equality (tensors...)
+            same = False
+        if not same:
+            out[name] = value
+    return out
+
+
+def embedding_digest(
+    embedding: Embedding, weights_version: str | None = None, forward_kwargs: dict[str, Any] | None = None
+) -> str:
+    """Identify the weights (and the call) an index was built with: a user version, or a digest of the state dict.
+
+    ``forward_kwargs`` that change the call (those not equal to the forward's defaults) are
+    part of the identity: an index of ``layer(x, pos=True)`` is stale for ``layer(x)``.
 
     Raises
     ------
     VcfstoreError
         For a callable that is not a ``torch.nn.Module`` and no ``weights_version`` is given.
     """
+    call = effective_kwargs(embedding, forward_kwargs)
+    suffix = "" if not call else ";" + ",".join(f"{k}={v!r}" for k, v in call.items())
     if weights_version is not None:
-        return f"user:{weights_version}"
+        return f"user:{weights_version}{suffix}"
     if not isinstance(embedding, torch.nn.Module):
         raise VcfstoreError("the embedding is not a torch.nn.Module: pass weights_version= to identify its weights")
     h = hashlib.sha256()
@@ -64,7 +99,77 @@ def embedding_digest(embedding: Embedding, weights_version: str | None = None) -
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()[:32]
+    return "sha256:" + h.hexdigest()[:32] + suffix
+
+
+class WeightsIdentity:
+    """:func:`embedding_digest` of a layer, recomputed only when one of its tensors has changed.
+
+    A change is seen through each parameter's and buffer's identity, storage address and
+    in-place version counter (bumped by optimiser steps, ``load_state_dict`` and any in-place
+    update), so checking costs a pass over the tensor list, not a hash of the weights. An
+    explicit ``weights_version`` is trusted as given.
+    """
+
+    def __init__(
+        self, embedding: Embedding, forward_kwargs: dict[str, Any] | None = None, weights_version: str | None = None
+    ) -> None:
+        self.embedding, self.forward_kwargs, self.weights_version = embedding, forward_kwargs, weights_version
+        self._seen: tuple[tuple[int, int, int], ...] | None = None
+        self._digest: str | None = None
+
+    def _fingerprint(self) -> tuple[tuple[int, int, int], ...]:
+        if not isinstance(self.embedding, torch.nn.Module):
+            return ()
+        tensors = itertools.chain(self.embedding.parameters(), self.embedding.buffers())
+        return tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+
+    def digest(self) -> str:
+        """The current digest (a cached one while no tensor of the layer has changed)."""
+        if self.weights_version is not None:
+            if self._digest is None:
+                self._digest = embedding_digest(self.embedding, self.weights_version, self.forward_kwargs)
+            return self._digest
+        seen = self._fingerprint()
+        if self._digest is None or seen != self._seen:
+            self._digest, self._seen = embedding_digest(self.embedding, None, self.forward_kwargs), seen
+        return self._digest
+
+
+@torch.no_grad()
+def check_pos_stated(
+    embedding: Embedding, forward_kwargs: dict[str, Any] | None, store: PanelStore, device: Any = None
+) -> None:
+    """Refuse a layer whose forward takes ``pos`` and depends on it, unless ``forward_kwargs`` states it.
+
+    VCF-Bert's layer adds its position term only when called with ``pos=True``; called without
+    it, searches still work but every embedding silently lacks that term. One probe row (the
+    store's first window, all sites masked) is embedded in eval mode with the default and with
+    ``pos=True``.
+
+    Raises
+    ------
+    ArgumentError
+        If the two calls give different outputs and ``forward_kwargs`` has no ``pos``.
+    """
+    if "pos" in (forward_kwargs or {}) or "pos" not in _forward_parameters(embedding):
+        return
+    vocab = store.vocab
+    tokens = layout_site_tokens(np.full((1, len(store.window_sites(0))), vocab.mask), store.max_seq_len, vocab)
+    af = np.zeros(tokens.shape, np.float32)
+    device = embedding_device(embedding, device)
+    with eval_mode(embedding):
+        plain = embed(embedding, tokens, af, forward_kwargs=forward_kwargs, device=device)
+        with_pos = {**(forward_kwargs or {}), "pos": True}
+        try:
+            flagged = embed(embedding, tokens, af, forward_kwargs=with_pos, device=device)
+        except (TypeError, ValueError, RuntimeError, VcfstoreError):
+            return  # its pos is not a flag this probe can set; nothing to state
+    if not torch.equal(plain, flagged):
+        raise ArgumentError(
+            "the embedding layer's forward takes `pos` and its output depends on it: state it in "
+            "forward_kwargs, e.g. forward_kwargs={'pos': True} (VCF-Bert's call) or {'pos': False}"
+        )
 
 
 @contextlib.contextmanager

@@ -13,19 +13,44 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vcfstore.errors import ArgumentError, NotPositionwiseError
+from vcfstore.errors import ArgumentError, IndexSetError, NotPositionwiseError, VcfstoreError
 from vcfstore.memory.budget import MemoryBudget
 from vcfstore.memory.window_cache import WindowCache
-from vcfstore.retrieval.embedding import Embedding, embed, embedding_device, eval_mode, to_numpy
-from vcfstore.retrieval.exact_search import ExactSearcher, top_k
+from vcfstore.retrieval.embedding import (
+    Embedding,
+    WeightsIdentity,
+    check_pos_stated,
+    embed,
+    embedding_device,
+    eval_mode,
+    to_numpy,
+)
+from vcfstore.retrieval.exact_search import ExactSearcher, check_k, check_query_tokens
 from vcfstore.store.reader import PanelStore
 
 if TYPE_CHECKING:  # the index layer sits above retrieval's embedding calls; only its type is needed
     from vcfstore.index.index_set import IndexSet
 
 
+def check_af(af: np.ndarray, what: str) -> np.ndarray:
+    """``af`` as float32 if every value is a finite frequency in [0, 1], else an :class:`ArgumentError`."""
+    a = np.asarray(af, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ArgumentError(f"{what} holds NaN or infinite allele frequencies")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise ArgumentError(f"{what} holds allele frequencies outside [0, 1] (from {a.min():g} to {a.max():g})")
+    return a
+
+
 class Retriever:
     """Find and embed the K nearest reference haplotypes of masked queries.
+
+    Both backends return the exact neighbours: the K references with the smallest squared L2
+    distance between flattened float32 embeddings (the query's, and the reference's masked where
+    the query is masked), equal distances by lowest index. The exact backend computes them
+    in token space (:mod:`vcfstore.retrieval.exact_search`); the FAISS backend takes a candidate
+    net from the index and ranks it by exact float64 distances to the indexed vectors
+    (:meth:`IndexSet.search_exact <vcfstore.index.IndexSet.search_exact>`).
 
     Parameters
     ----------
@@ -40,13 +65,22 @@ class Retriever:
         ``faiss`` searches ``index_set``; ``auto`` takes exact when the layer is position-wise,
         else FAISS.
     index_set : IndexSet, optional
-        Needed by the FAISS backend.
+        Needed by the FAISS backend. Every search checks that its window's index was built with
+        this layer's current weights, these ``forward_kwargs`` and the queries' mask, and raises
+        :class:`~vcfstore.errors.StaleIndexError` otherwise (the weights are hashed again only
+        after one of the layer's tensors changed).
     budget : MemoryBudget, optional
         Decoded windows are cached under it.
     device : torch device, optional
         Where to encode (default: where the layer's parameters are).
     forward_kwargs : dict, optional
-        Extra keyword arguments of the layer (VCF-Bert's needs ``pos=True``).
+        Extra keyword arguments of the layer. A layer whose forward takes ``pos`` and whose
+        output depends on it (VCF-Bert's) must have it stated here, e.g. ``{"pos": True}``:
+        without it the embeddings silently lack the position term.
+    weights_version : str, optional
+        Identifies the layer's weights as given to :meth:`IndexSet.build`; the index set is
+        then trusted for as long as this string matches (needed for layers that are not
+        ``torch.nn.Module``).
     """
 
     def __init__(
@@ -59,17 +93,21 @@ class Retriever:
         budget: MemoryBudget | None = None,
         device: Any = None,
         forward_kwargs: dict[str, Any] | None = None,
+        weights_version: str | None = None,
     ) -> None:
         if backend not in ("auto", "exact", "faiss"):
             raise ArgumentError(f"backend must be 'auto', 'exact' or 'faiss', not {backend!r}")
-        if not 1 <= k <= store.n_haplotypes:
-            raise ArgumentError(f"k must be in [1, {store.n_haplotypes}], not {k}")
+        k = check_k(k, store.n_haplotypes)
         if backend == "faiss" and index_set is None:
             raise ArgumentError("backend='faiss' needs an index_set (IndexSet.build or IndexSet.open)")
+        if index_set is not None and index_set.store.identity != store.identity:
+            raise IndexSetError("the index set was built for another store than the retriever's")
         self.store, self.layer, self.k = store, embedding_layer, k
         self.requested, self.index_set, self.budget = backend, index_set, budget
-        self.forward_kwargs = forward_kwargs or {}
+        self.forward_kwargs = dict(forward_kwargs or {})
         self.device = embedding_device(embedding_layer, device)
+        check_pos_stated(embedding_layer, self.forward_kwargs, store, self.device)
+        self.weights = WeightsIdentity(embedding_layer, self.forward_kwargs, weights_version)
         self.exact = ExactSearcher(embedding_layer, self.forward_kwargs, self.device)
         self.window_cache = WindowCache(store, budget)
         self._backend: str | None = None if backend == "auto" else backend
@@ -89,26 +127,42 @@ class Retriever:
         ----------
         window : int
         query_tokens : int [n, L]
-            Masked tokens laid out as :meth:`PanelStore.window_tokens` gives them; references
-            are compared masked exactly where each query is masked.
-        query_af : float [L], optional
-            The queries' allele frequencies (default: the store's).
+            Masked tokens laid out as :meth:`PanelStore.window_tokens` gives them (sites hold only
+            the mask or allele tokens); references are compared masked exactly where each query
+            is masked.
+        query_af : float [L] or [n, L] (equal rows), optional
+            The queries' allele frequencies, in [0, 1] (default: the store's).
 
         Returns
         -------
         (distances float32 [n, k], indices int64 [n, k])
             Squared L2 distances between flattened embeddings; ties go to the lowest index.
+
+        Raises
+        ------
+        ArgumentError
+            For tokens of the wrong shape, type or layout, an empty batch, or allele frequencies
+            that are not finite values in [0, 1].
+        StaleIndexError
+            (FAISS backend) If the window's index was built with other weights, another layer,
+            other ``forward_kwargs`` or another mask than the queries'.
         """
-        q = to_numpy(query_tokens).astype(np.int64, copy=False)
-        L = self.store.max_seq_len
-        if q.ndim != 2 or q.shape[1] != L:
-            raise ArgumentError(f"query tokens have shape {q.shape}; expected [n, {L}]")
+        q = to_numpy(query_tokens)
+        if q.dtype == bool or not np.issubdtype(q.dtype, np.integer):
+            raise ArgumentError(f"query tokens must be integer token ids, not {q.dtype}")
+        q = q.astype(np.int64, copy=False)
+        sites = self.store.window_sites(window)
+        check_query_tokens(q, len(sites), self.store.max_seq_len, self.store.vocab)
         ref_af = self.store.window_af(window)
-        qaf = None if query_af is None else to_numpy(query_af).astype(np.float32)
-        if qaf is not None and qaf.ndim == 2:
-            if not (qaf == qaf[:1]).all():
-                raise ArgumentError("queries of one window must share their allele frequencies (one row [L])")
-            qaf = qaf[0]
+        qaf = None
+        if query_af is not None:
+            qaf = check_af(to_numpy(query_af), "query_af")
+            if qaf.shape not in ((q.shape[1],), q.shape):
+                raise ArgumentError(f"query_af has shape {qaf.shape}; expected [{q.shape[1]}] or {list(q.shape)}")
+            if qaf.ndim == 2:
+                if not (qaf == qaf[:1]).all():
+                    raise ArgumentError("queries of one window must share their allele frequencies (one row [L])")
+                qaf = qaf[0]
         if self._backend is None:
             self._backend = self._choose(window, q, ref_af, qaf)
         if self._backend == "exact":
@@ -116,7 +170,7 @@ class Retriever:
                 self.window_cache.alleles(window),
                 q,
                 self.k,
-                max_seq_len=L,
+                max_seq_len=self.store.max_seq_len,
                 vocab=self.store.vocab,
                 ref_af=ref_af,
                 query_af=qaf,
@@ -142,28 +196,18 @@ class Retriever:
 
     def _faiss_search(self, window: int, q: np.ndarray, qaf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.index_set is not None
-        vocab = self.store.vocab
-        for row in np.unique(q == vocab.mask, axis=0):
+        self.index_set.check_fresh(window, weights=self.weights.digest())
+        for row in np.unique(q == self.store.vocab.mask, axis=0):
             self.index_set.check_fresh(window, mask=row)
         with torch.no_grad(), eval_mode(self.layer):
             x = embed(
                 self.layer, q, np.broadcast_to(qaf, q.shape), forward_kwargs=self.forward_kwargs, device=self.device
             )
         x = x.reshape(len(q), -1).float().cpu().numpy()
-        atol = self.index_set.tie_tolerance(window, x)
-        n_ref = self.store.n_haplotypes
-        # A flat search costs one scan of the index whatever k is, so take a wide first net; if
-        # the ties at the k-th distance still run past it (identical haplotypes are common),
-        # the second and last scan returns every reference.
-        d, i = self.index_set.search(window, x, min(n_ref, self.k + 256))
-        if d.shape[1] < n_ref and not (d[:, -1:] > d[:, self.k - 1 : self.k] + atol).all():
-            d, i = self.index_set.search(window, x, n_ref)
-        # Rank the candidates as the exact backend does: equal distances (to FAISS's float32
-        # rounding) by lowest index.
-        order = np.argsort(i, axis=1, kind="stable")
-        d_sorted, i_sorted = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
-        dd, pos = top_k(d_sorted.astype(np.float64), self.k, atol)
-        return dd, np.take_along_axis(i_sorted, pos, 1)
+        if not np.isfinite(x).all():
+            raise VcfstoreError("the embedding layer returned NaN or infinite values for these queries")
+        d, i = self.index_set.search_exact(window, x, self.k)
+        return d.astype(np.float32), i
 
     # --- the training path -----------------------------------------------------------------
     def augment(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -178,15 +222,27 @@ class Retriever:
             if key not in batch:
                 raise ArgumentError(f"batch has no {key!r}; it needs hap_1, hap_2, af and window_idx")
         h1, h2 = to_numpy(batch["hap_1"]), to_numpy(batch["hap_2"])
-        af = to_numpy(batch["af"]).astype(np.float32)
-        windows = to_numpy(batch["window_idx"]).astype(np.int64).reshape(-1)
+        windows = to_numpy(batch["window_idx"]).reshape(-1)
         B = len(windows)
+        if B == 0:
+            raise ArgumentError("the batch is empty")
+        if windows.dtype == bool or not np.issubdtype(windows.dtype, np.integer):
+            raise ArgumentError(f"window_idx must hold integer window indices, not {windows.dtype}")
+        af = check_af(to_numpy(batch["af"]), "the batch's af")
+        for key, value in (("hap_1", h1), ("hap_2", h2), ("af", af)):
+            if value.shape != (B, self.store.max_seq_len):
+                raise ArgumentError(
+                    f"batch[{key!r}] has shape {value.shape}; expected [{B}, {self.store.max_seq_len}] "
+                    f"for {B} window indices"
+                )
         idx = np.empty((2, B, self.k), dtype=np.int64)
         pieces: list[tuple[np.ndarray, torch.Tensor, np.ndarray]] = []
         for w in np.unique(windows):
             members = np.flatnonzero(windows == w)
             queries = np.concatenate([h1[members], h2[members]])
             qaf = af[members[0]]
+            if not (af[members] == qaf).all():
+                raise ArgumentError(f"the batch's rows of window {w} have different af rows; a window's rows share one")
             _, found = self.search(
                 int(w), queries, qaf if not np.array_equal(qaf, self.store.window_af(int(w))) else None
             )

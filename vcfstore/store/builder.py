@@ -141,6 +141,14 @@ def build_store(
     af_source: str
     if isinstance(af_from, np.ndarray) or not isinstance(af_from, str):
         supplied_af = np.asarray(af_from, dtype=np.float32)
+        if supplied_af.ndim != 1:
+            raise InputError(f"the supplied allele frequencies have shape {supplied_af.shape}; expected [n_sites]")
+        bad = np.flatnonzero(~((supplied_af >= 0) & (supplied_af <= 1)))  # NaN fails both
+        if bad.size:
+            raise InputError(
+                f"the supplied allele frequencies hold {float(supplied_af[bad[0]]):g} at site {bad[0]} "
+                f"({bad.size} such): each must be a finite value in [0, 1]"
+            )
         af_source = "supplied"
     elif af_from in ("panel", "info"):
         af_source = af_from
@@ -412,6 +420,11 @@ class _Writer:
                     f"site {block.contigs[i]}:{block.positions[i]} has no INFO/AF value; use --af-from panel"
                 )
             af = block.info_af.astype(np.float32)
+            bad = np.flatnonzero((af < 0) | (af > 1))  # infinities included
+            if bad.size:
+                i = int(bad[0])
+                where = f"{block.contigs[i]}:{block.positions[i]}"
+                raise InputError(f"site {where} has INFO/AF {float(af[i]):g}, outside [0, 1]")
         columns = {
             "position": block.positions,
             "contig": contig_idx,
