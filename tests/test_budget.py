@@ -152,6 +152,19 @@ def test_refusal_names_limit_consumers_request_and_fix():
     assert b.report()["refused"] == 1
 
 
+def test_soft_level_spares_the_entry_in_use_and_the_hard_limit_does_not():
+    b, meter = _budget(1000, base=600, soft_fraction=0.5)  # soft level 500, already above it
+    cache = LruCache("w", b)
+    meter.caches.append(cache)
+    cache.put("old", object(), anon=100)
+    cache.put("cur", object(), anon=100)
+    assert cache.get("cur") is not None  # the caller works with "cur" now (gathers rows from it)
+    b.admit(50)  # 800 + 50 > 500: "old" goes; evicting "cur" would only make the next call load it again
+    assert cache.keys() == ["cur"] and b.stats.admitted == 1
+    b.admit(350)  # 700 + 350 > 1000, the hard limit: "cur" goes too
+    assert cache.keys() == []
+
+
 def test_mapped_memory_is_soft():
     b, _ = _budget(1000, base=0, mapped_limit=300)
     cache = LruCache("maps", b)

@@ -60,6 +60,9 @@ MEMORY_KINDS = ("anon", "mapped", "gpu")
 
 # Monotonic use counter shared by every cache of the process: LRU order across consumers.
 _TICK = itertools.count()
+_last_tick = -1  # the latest value handed out: the entry a caller is working with right now
+# Registration order of consumers (a counter of its own, so registering is not a use).
+_REGISTERED = itertools.count()
 # The share of each budget (by uid) in DataLoader worker processes: (pid, share), set when the
 # worker starts. The pid keeps a process forked from a worker from taking the entry as its own.
 _PROCESS_SHARE: dict[str, tuple[int, float]] = {}
@@ -71,7 +74,9 @@ TREE_INTERVAL = 2.0
 
 def tick() -> int:
     """The next value of the process-wide use counter (higher = used more recently)."""
-    return next(_TICK)
+    global _last_tick
+    _last_tick = next(_TICK)
+    return _last_tick
 
 
 class Consumer(Protocol):
@@ -529,7 +534,7 @@ class MemoryBudget:
         """Let the budget evict from ``consumer`` when memory is needed (held weakly)."""
         with self._lock:
             if consumer not in self._consumers.values():
-                self._consumers[next(_TICK)] = consumer
+                self._consumers[next(_REGISTERED)] = consumer
 
     def unregister(self, consumer: Consumer) -> None:
         with self._lock:
@@ -537,14 +542,19 @@ class MemoryBudget:
                 if c is consumer:
                     del self._consumers[key]
 
-    def _evict_one(self, kind: str) -> int | None:
-        """Evict the globally least recently used entry of ``kind``; None if nothing is left."""
+    def _evict_one(self, kind: str, *, spare_last: bool = False) -> int | None:
+        """Evict the globally least recently used entry of ``kind``; None if nothing is left.
+
+        With ``spare_last``, the entry used last (the one the caller is working with, as when
+        rows are gathered from a window just fetched) is not evicted: freeing it to get under a
+        soft level would only make the next call load it again.
+        """
         best: tuple[int, Consumer] | None = None
         for c in self.consumers:
             t = c.oldest(kind)
             if t is not None and (best is None or t < best[0]):
                 best = (t, c)
-        if best is None:
+        if best is None or (spare_last and best[0] == _last_tick):
             return None
         freed = best[1].evict_oldest(kind)
         name = best[1].name
@@ -595,7 +605,9 @@ class MemoryBudget:
                     fits = anon + pending + nbytes <= self._soft_target()
                 if fits:
                     break
-                if self._evict_one(kind) is not None:
+                # Under the soft level the entry in use is spared; the hard limit takes it too.
+                over_hard = kind == "anon" and anon + pending + nbytes > self.limit
+                if self._evict_one(kind, spare_last=kind == "anon" and not over_hard) is not None:
                     if kind == "anon":
                         malloc_trim()  # freed memory may stay in the allocator's arenas otherwise
                     continue
@@ -606,7 +618,7 @@ class MemoryBudget:
                 if kind == "mapped":
                     self.stats.mapped_over_limit += 1
                     break
-                if kind == "anon" and anon + pending + nbytes <= self.limit:
+                if kind == "anon" and not over_hard:
                     break  # above the soft level, below the hard one: allowed
                 self.stats.refused += 1
                 raise MemoryBudgetExceeded(self._refusal(nbytes, what, anon))
@@ -626,7 +638,8 @@ class MemoryBudget:
             malloc_trim()
             while True:
                 anon, _ = self.measure()
-                if anon + self.reserved("anon", anon) <= self._soft_target() or self._evict_one("anon") is None:
+                soft = anon + self.reserved("anon", anon) <= self._soft_target()
+                if soft or self._evict_one("anon", spare_last=True) is None:
                     break
                 n += 1
                 malloc_trim()
