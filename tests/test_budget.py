@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -305,10 +304,10 @@ def test_dataloader_kwargs_without_workers_keeps_the_whole_limit():
     assert budget.limit == 10 * GB and list(DataLoader(_BudgetView(budget), batch_size=None, **kwargs))
 
 
-def test_unsplit_budget_in_a_worker_is_refused():
-    budget = vs.MemoryBudget("10GB", machine_limit=Limit("test", 10**12))
-    e = _raised(_loader(budget, "fork", num_workers=1))
-    assert isinstance(e, vs.ArgumentError) and re.search(r"worker 0 of 1 but was not split .* worker_init_fn=", str(e))
+def test_budget_given_to_workers_without_a_split_is_split_equally():
+    budget = vs.MemoryBudget("9GB", machine_limit=Limit("test", 10**12))
+    seen = {limit for limit, _ in _loader(budget, "fork", num_workers=2)}
+    assert seen == {3 * GB} and budget.limit == 3 * GB and budget.report()["role"] == "main"
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

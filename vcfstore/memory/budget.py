@@ -23,15 +23,16 @@ DataLoader workers: the limit is the whole process tree's. :meth:`MemoryBudget.s
 gives the main process ``main_share`` of the limit at once and each of the ``n`` workers
 ``(1 - main_share) / n`` when it starts (``n`` from ``torch.utils.data.get_worker_info``), so
 the shares add up to the limit whatever the start method and however often workers are
-re-created. Each process measures only itself: a worker as proportional set size (``Pss_Anon``
-from ``/proc/self/smaps_rollup``, sampled at a low rate), so pages it shares copy-on-write with
-the main process count as a fraction, and the main process as RssAnon, which counts them whole:
-the measured figures add up to at least the tree's ``Pss_Anon``. A worker whose share cannot
-hold what it already uses plus what its dataset declares it needs (``dataset.budget_needs()``:
-one decoded window) is refused when it starts, with the figures. The main process also reads
-the tree's summed ``Pss_Anon`` every two seconds and evicts its own caches while the tree is
-above the soft level. GPU memory belongs to the main process: workers get no share of
-``gpu_limit``.
+re-created; a budget handed to workers without a split is split equally, the main process
+taking ``1 / (n + 1)`` once a worker has reported ``n``. Each process measures only itself: a
+worker as proportional set size (``Pss_Anon`` from ``/proc/self/smaps_rollup``, sampled at a
+low rate), so pages it shares copy-on-write with the main process count as a fraction, and the
+main process as RssAnon, which counts them whole: the measured figures add up to at least the
+tree's ``Pss_Anon``. A worker whose share cannot hold what it already uses plus what its
+dataset declares it needs (``dataset.budget_needs()``: one decoded window) is refused when it
+starts, with the figures. The main process also reads the tree's summed ``Pss_Anon`` every two
+seconds and evicts its own caches while the tree is above the soft level. GPU memory belongs to
+the main process: workers get no share of ``gpu_limit``.
 """
 
 from __future__ import annotations
@@ -138,23 +139,23 @@ class _Reservation:
 class _Split:
     """How a budget is divided between a main process and its DataLoader workers.
 
-    ``main_share`` is None only when neither it nor the worker count was given: then the main
-    process's equal share, ``1 / (n + 1)``, is known once a worker has started and reported ``n``
-    through a shared counter that workers inherit (fork) or receive as they are started (spawn,
-    forkserver).
+    Workers report their count through a shared counter that they inherit (fork) or receive as
+    they are started (spawn, forkserver), so that without a ``main_share`` the main process
+    takes its equal share, ``1 / (n + 1)``, once its first worker has started: a budget handed to
+    workers without any split asked for is split equally.
     """
 
-    def __init__(self, main_share: float | None) -> None:
+    def __init__(self, main_share: float | None = None) -> None:
         self.main_share = main_share
         self.pid = os.getpid()
-        self._workers = multiprocessing.RawValue("i", 0) if main_share is None else None
+        self._workers = multiprocessing.RawValue("i", 0)
 
     def main(self) -> float | None:
         """The main process's share, or None while it is not known yet."""
         if self.main_share is not None:
             return self.main_share
         n = self._workers.value if self._workers is not None else 0
-        return 1 / (n + 1) if n > 0 else None
+        return 1 / (n + 1) if n > 0 else None  # before any worker has reported: not split yet
 
     def worker(self, num_workers: int) -> float:
         """A worker's share when the loader has ``num_workers`` workers (reported to the parent)."""
@@ -230,7 +231,7 @@ class MemoryBudget:
         self.soft_fraction = soft_fraction
         self.uid = uuid.uuid4().hex
         self._origin_pid = os.getpid()
-        self._split: _Split | None = None
+        self._split = _Split()  # an equal split once workers report; split() asks for another
         self._meter = meter
         self._meter_pid: int | None = None
         # Held weakly: a cache that its owner drops stops counting (and is never evicted from).
@@ -253,14 +254,15 @@ class MemoryBudget:
         return self._resolve()[1]
 
     def _resolve(self) -> tuple[str, float]:
-        """(role, share): "worker" (a DataLoader worker), "main" (the process that split) or "alone"."""
+        """(role, share): "worker" (a DataLoader worker), "main" (split, or its workers started) or "alone"."""
         pid = os.getpid()
         entry = _PROCESS_SHARE.get(self.uid)
         if entry is not None and entry[0] == pid:
             return "worker", entry[1]
-        if self._split is not None and self._split.pid == pid:
+        if self._split.pid == pid:
             main = self._split.main()
-            return "main", 1.0 if main is None else main
+            if main is not None:
+                return "main", main
         if pid != self._origin_pid:
             info = _worker_info()
             if info is not None:  # a worker given this budget by its main process
@@ -301,9 +303,11 @@ class MemoryBudget:
         loader's real worker count, so the shares add up to the limit for fork, spawn and
         forkserver workers, persistent or re-created every epoch. Workers that received this
         budget (in their dataset) take their share on first use even without the returned
-        ``worker_init_fn``; a worker whose share cannot hold what it uses when it starts plus its
-        dataset's ``budget_needs()`` bytes raises :class:`MemoryBudgetExceeded` with the figures.
-        Split before the loader starts, and use one loader with workers per budget at a time.
+        ``worker_init_fn``, and a budget handed to workers without any split is split equally
+        (the main process takes ``1 / (n + 1)`` once its first worker has started). A worker
+        whose share cannot hold what it uses when it starts plus its dataset's
+        ``budget_needs()`` bytes raises :class:`MemoryBudgetExceeded` with the figures. Split
+        before the loader starts, and use one loader with workers per budget at a time.
 
         Parameters
         ----------
@@ -376,13 +380,6 @@ class MemoryBudget:
 
     def _enter_worker(self, info: Any) -> float:
         """Take this worker's share (``info``: torch's worker info) and check that it can work in it."""
-        if self._split is None:
-            raise ArgumentError(
-                f"this memory budget is used in DataLoader worker {info.id} of {info.num_workers} but was not split "
-                f"between the main process and its workers, so each process would take the whole "
-                f"{format_bytes(self._limit)}: create the loader with "
-                "worker_init_fn=budget.worker_init_fn(main_share=...) or **budget.dataloader_kwargs(num_workers, ...)"
-            )
         share = self._split.worker(info.num_workers)
         _PROCESS_SHARE[self.uid] = (os.getpid(), share)
         self._lock = threading.RLock()  # a lock copied by fork may have been held by another thread
@@ -740,7 +737,8 @@ class MemoryBudget:
         """Sample in a background thread: keep peaks and shrink caches above the soft level.
 
         In a split main process the soft level also falls while the workers' ``Pss_Anon`` (read
-        about once a second) leaves less of the tree's soft level, so its caches make room.
+        every :data:`TREE_INTERVAL` seconds) leaves less of the tree's soft level, so its caches
+        make room.
         """
         if self._sampler is None:
             self._sampler = _Sampler(self, interval)
