@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from torch.utils.data import DataLoader, Dataset
 
 import vcfstore as vs
-from vcfstore.memory import LruCache, MemorySample, malloc_trim
+from vcfstore.memory import LruCache, MemorySample, format_bytes, malloc_trim
 from vcfstore.memory.limits import Limit, cgroup_limits, effective_machine_limit, parse_size
 from vcfstore.testing import run_measured
 
@@ -149,6 +151,19 @@ def test_refusal_names_limit_consumers_request_and_fix():
     assert b.report()["refused"] == 1
 
 
+def test_soft_level_spares_the_entry_in_use_and_the_hard_limit_does_not():
+    b, meter = _budget(1000, base=600, soft_fraction=0.5)  # soft level 500, already above it
+    cache = LruCache("w", b)
+    meter.caches.append(cache)
+    cache.put("old", object(), anon=100)
+    cache.put("cur", object(), anon=100)
+    assert cache.get("cur") is not None  # the caller works with "cur" now (gathers rows from it)
+    b.admit(50)  # 800 + 50 > 500: "old" goes; evicting "cur" would only make the next call load it again
+    assert cache.keys() == ["cur"] and b.stats.admitted == 1
+    b.admit(350)  # 700 + 350 > 1000, the hard limit: "cur" goes too
+    assert cache.keys() == []
+
+
 def test_mapped_memory_is_soft():
     b, _ = _budget(1000, base=0, mapped_limit=300)
     cache = LruCache("maps", b)
@@ -217,19 +232,188 @@ class _BudgetView(Dataset):
         return self.budget.limit, type(self.budget.meter).__name__
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_worker_shares(context):
+class _Needs(_BudgetView):
+    """A dataset that declares what a worker needs on top of what it holds when it starts."""
+
+    def __init__(self, budget, needs):
+        super().__init__(budget)
+        self.needs = needs
+
+    def budget_needs(self):
+        return self.needs
+
+
+class _GpuUser(_BudgetView):
+    def __getitem__(self, i):
+        self.budget.admit(1000, kind="gpu", what="an index copied to the GPU")
+        return 0
+
+
+def _loader(budget, context, dataset=None, **kwargs):
+    return DataLoader(dataset or _BudgetView(budget), batch_size=None, multiprocessing_context=context, **kwargs)
+
+
+def _raised(loader: DataLoader) -> BaseException:
+    """What iterating ``loader`` raises, without its traceback.
+
+    A traceback would keep the loader's iterator alive after the test, and torch then waits
+    5 s for each of its workers when it is finally collected.
+    """
+    try:
+        list(loader)
+    except Exception as e:  # noqa: BLE001 - the caller checks the type
+        return e.with_traceback(None)
+    raise AssertionError("iterating the loader raised nothing")
+
+
+@pytest.mark.parametrize(
+    "context, how",
+    [("fork", how) for how in ("worker_init_fn", "dataloader_kwargs", "split_only", "equal")]
+    + [("spawn", "split_only"), ("spawn", "equal")],
+)
+def test_worker_shares(context, how):
+    """Main share + n worker shares = the limit, however the split is asked for and workers are started."""
+    budget = vs.MemoryBudget("10GB", machine_limit=Limit("test", 10**12))
+    assert budget.limit == 10 * GB and budget.share == 1.0  # not split yet: one process, the whole figure
+    if how == "worker_init_fn":  # the configuration users run: the main process takes its share now
+        kwargs = {"num_workers": 2, "worker_init_fn": budget.worker_init_fn(main_share=0.6)}
+    elif how == "dataloader_kwargs":
+        kwargs = budget.dataloader_kwargs(2, main_share=0.6)
+    elif how == "split_only":  # no worker_init_fn: workers take their share on first use
+        budget.split(2, main_share=0.6)
+        kwargs = {"num_workers": 2}
+    else:  # no figures at all: equal shares, the main process's once a worker has reported the count
+        kwargs = {"num_workers": 2, "worker_init_fn": budget.worker_init_fn()}
+    main, worker = (10 * GB / 3, 10 * GB / 3) if how == "equal" else (6 * GB, 2 * GB)
+    if how != "equal":
+        assert budget.limit == pytest.approx(main, abs=1) and budget.report()["role"] == "main"
+    # fork workers are re-created each epoch and take their share again; spawn ones persist
+    loader = _loader(budget, context, persistent_workers=context == "spawn", **kwargs)
+    for _epoch in range(2):
+        seen = {(limit, meter) for limit, meter in loader}
+        assert {m for _, m in seen} == {"PssMeter"}
+        assert [lim for lim, _ in seen] == [pytest.approx(worker, abs=1)]
+        assert budget.limit == pytest.approx(main, abs=1)
+        assert budget.limit + 2 * max(lim for lim, _ in seen) <= 10 * GB
+
+
+def test_dataloader_kwargs_without_workers_keeps_the_whole_limit():
+    budget = vs.MemoryBudget("10GB", machine_limit=Limit("test", 10**12))
+    kwargs = budget.dataloader_kwargs(0, main_share=0.6, multiprocessing_context="fork", persistent_workers=True)
+    assert kwargs == {"num_workers": 0}
+    assert budget.limit == 10 * GB and list(DataLoader(_BudgetView(budget), batch_size=None, **kwargs))
+
+
+def test_budget_given_to_workers_without_a_split_is_split_equally():
     budget = vs.MemoryBudget("9GB", machine_limit=Limit("test", 10**12))
-    loader = DataLoader(
-        _BudgetView(budget),
-        batch_size=None,
-        num_workers=2,
-        multiprocessing_context=context,
-        worker_init_fn=budget.worker_init_fn(),
-    )
-    seen = {(int(limit), meter) for limit, meter in loader}
-    assert seen == {(3 * GB, "PssMeter")}
-    assert budget.limit == 9 * GB and budget.share == 1.0  # the main process keeps the whole figure
+    seen = {limit for limit, _ in _loader(budget, "fork", num_workers=2)}
+    assert seen == {3 * GB} and budget.limit == 3 * GB and budget.report()["role"] == "main"
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_share_too_small_is_refused_up_front(context):
+    """A worker whose share cannot hold what it uses at start plus one window fails before any item."""
+    budget = vs.MemoryBudget("20GB", machine_limit=Limit("test", 10**12))
+    needs = 5 * GB  # more than the worker's 20 GB * 0.2 share
+    loader = _loader(budget, context, _Needs(budget, needs), **budget.dataloader_kwargs(2, main_share=0.6))
+    e = _raised(loader)
+    assert isinstance(e, vs.MemoryBudgetExceeded)
+    msg = str(e)
+    for part in (
+        "memory budget too small for DataLoader worker",
+        f"its share is {format_bytes(4 * GB)} ((1 - main_share 0.60) / 2 of {format_bytes(20 * GB)})",
+        f"needs {format_bytes(needs)} more (its dataset's budget_needs(): one decoded window)",
+        "to fix: raise the limit to at least",
+        "or lower main_share to at most",
+    ):
+        assert part in msg, msg
+    # the figures it states are right: the limit it asks for fits what the worker said it uses
+    used = parse_size(msg.split("already uses ")[1].split(" (")[0].replace(" ", ""))
+    asked = parse_size(msg.split("raise the limit to at least ")[1].split(",")[0].replace(" ", ""))
+    assert asked == pytest.approx((used + needs) * 2 / 0.4, rel=0.01)
+
+
+def test_main_share_too_small_is_refused_at_split():
+    used = vs.MemoryBudget("11GB").measure()[0]
+    budget = vs.MemoryBudget(int(used * 1.5))
+    with pytest.raises(vs.MemoryBudgetExceeded, match=r"too small for the main process: .*main_share 0\.50.*to fix"):
+        budget.split(2, main_share=0.5)
+
+
+def test_workers_have_no_gpu_share():
+    budget = vs.MemoryBudget("10GB", gpu_limit="8GB", machine_limit=Limit("test", 10**12))
+    loader = _loader(budget, "fork", _GpuUser(budget), **budget.dataloader_kwargs(1, main_share=0.5))
+    e = _raised(loader)
+    assert isinstance(e, vs.MemoryBudgetExceeded) and "workers have no share of the GPU limit" in str(e)
+    assert budget.gpu_limit == 8 * GB  # the main process keeps all of it
+
+
+def test_reserve_counts_what_the_block_has_not_allocated_yet():
+    b, meter = _budget(1000, base=100, soft_fraction=0.8)  # soft level 800
+    cache = LruCache("c", b)
+    meter.caches.append(cache)
+    for i in range(4):
+        b.admit(100)
+        cache.put(i, object(), anon=100)  # 500 in all
+    with b.reserve(200, "the batch's search"):
+        assert b.reserved() == 200 and b.stats.evictions == {}  # 700 fits under 800
+        meter.base += 120  # the block allocates 120 of its 200
+        assert b.reserved() == 80
+        b.admit(150)  # 620 + 80 + 150 = 850 > 800: one entry goes (520 + 80 + 150 = 750)
+        assert b.stats.evictions == {"c": 1} and cache.keys() == [1, 2, 3]
+        assert b.reserved() == 80  # the eviction freed memory; it did not allocate the reservation
+        with pytest.raises(vs.MemoryBudgetExceeded, match="reserved for the batch's search: 200 B"):
+            b.admit(750)  # 520 - 300 + 80 + 750 > 1000 with every cache emptied
+        assert cache.keys() == [1, 2, 3]
+    assert b.reserved() == 0 and b.report()["reserved"] == 0
+    with pytest.raises(vs.ArgumentError):
+        b.reserve(10, kind="mapped").__enter__()
+
+
+def test_reserve_gpu():
+    b, _ = _budget(10**9, base=0, gpu_limit=1000)
+    cache = LruCache("gpu indexes", b)
+    for i in range(2):
+        b.admit(300, kind="gpu")
+        cache.put(i, object(), gpu=300)
+    with b.reserve(500, "retrieved embeddings", kind="gpu"):
+        assert cache.keys() == [1] and b.report()["reserved_gpu"] == 500  # 600 + 500 > 1000: one copy went
+        with pytest.raises(vs.MemoryBudgetExceeded, match="with 500 B reserved"):
+            b.admit(600, kind="gpu")
+        b.admit(300, kind="gpu")  # 300 + 500 + 300 > 1000: the other copy goes
+        assert cache.keys() == []
+    assert b.reserved("gpu") == 0
+
+
+def _sleep_until(event):
+    event.wait(30)
+
+
+def test_tree_counts_pages_shared_by_fork_once():
+    """Summed Pss_Anon of a parent and its forked child counts their shared pages once; summed RssAnon twice."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    x = np.ones(200_000_000 // 8)  # 200 MB the child shares copy-on-write
+    event = ctx.Event()
+    child = ctx.Process(target=_sleep_until, args=(event,))
+    child.start()
+    try:
+        tree = vs.memory.tree_pss_anon()
+        assert set(tree.by_pid) >= {os.getpid(), child.pid}
+        parent_rss = vs.memory.StatmMeter().read().anon
+        child_rss = vs.memory.StatmMeter(child.pid).read().anon
+        assert child_rss > 190e6  # the child maps the 200 MB ...
+        assert tree.by_pid[child.pid] < 0.6 * child_rss  # ... and is charged about half of it
+        # the tree is charged the pages once: about the parent's RssAnon, not the two RssAnon summed
+        assert tree.total < parent_rss + 60e6 < parent_rss + child_rss - 100e6
+        with vs.memory.TreePeakSampler(interval=0.01) as sampler:
+            time.sleep(0.05)
+        assert sampler.max_processes >= 2 and sampler.peak_total >= 200e6
+    finally:
+        event.set()
+        child.join()
+    del x
 
 
 WORKLOAD = """

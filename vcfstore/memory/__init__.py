@@ -6,10 +6,18 @@ Importing this package loads neither torch nor FAISS.
 from __future__ import annotations
 
 from vcfstore.errors import MemoryBudgetExceeded
-from vcfstore.memory.budget import MEMORY_KINDS, Consumer, MemoryBudget, format_bytes, malloc_trim, tick
+from vcfstore.memory.budget import MEMORY_KINDS, Consumer, MemoryBudget, WorkerInit, format_bytes, malloc_trim, tick
 from vcfstore.memory.limits import Limit, cgroup_limits, effective_machine_limit, parse_size, physical_memory
 from vcfstore.memory.lru import LruCache
-from vcfstore.memory.meters import MemorySample, PeakSampler, PssMeter, StatmMeter
+from vcfstore.memory.meters import (
+    MemorySample,
+    PeakSampler,
+    PssMeter,
+    StatmMeter,
+    TreePeakSampler,
+    TreeSample,
+    tree_pss_anon,
+)
 from vcfstore.memory.window_cache import WindowCache
 
 __all__ = [
@@ -23,7 +31,10 @@ __all__ = [
     "PeakSampler",
     "PssMeter",
     "StatmMeter",
+    "TreePeakSampler",
+    "TreeSample",
     "WindowCache",
+    "WorkerInit",
     "cgroup_limits",
     "effective_machine_limit",
     "format_bytes",
@@ -31,4 +42,5 @@ __all__ = [
     "parse_size",
     "physical_memory",
     "tick",
+    "tree_pss_anon",
 ]

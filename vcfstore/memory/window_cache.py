@@ -30,7 +30,10 @@ class WindowCache:
         self.cache: LruCache[np.ndarray] = LruCache("decoded windows", budget, max_entries=max_windows)
 
     def alleles(self, w: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """Alleles of window ``w`` (all rows, or ``rows`` gathered from the cached window)."""
+        """Alleles of window ``w`` (all rows, or ``rows`` gathered from the cached window).
+
+        The gathered copy is admitted before it is made, so other windows are evicted first.
+        """
         full = self.cache.get(w)
         if full is None:
             sites = self.store.window_sites(w)
@@ -38,8 +41,18 @@ class WindowCache:
             self.cache.admit(anon=nbytes, what=f"decoding window {w}")
             full = self.store.window_alleles(w)
             self.cache.put(w, full, anon=full.nbytes)
-        return full if rows is None else full[np.asarray(rows)]
+        if rows is None:
+            return full
+        rows = np.asarray(rows)
+        self.cache.admit(anon=len(rows) * full.shape[1], what=f"gathering {len(rows)} rows of window {w}")
+        return full[rows]
 
     def tokens(self, w: int, rows: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        """Tokens laid out as :meth:`PanelStore.window_tokens` gives them, from the cache."""
-        return layout_tokens(self.alleles(w, rows), self.store.max_seq_len, self.store.vocab, mask)
+        """Tokens laid out as :meth:`PanelStore.window_tokens` gives them, from the cache.
+
+        The int64 rows (and the layout's temporary of the same size) are admitted first.
+        """
+        n = self.store.n_haplotypes if rows is None else len(rows)
+        alleles = self.alleles(w, rows)
+        self.cache.admit(anon=2 * 8 * n * self.store.max_seq_len, what=f"laying out {n} token rows of window {w}")
+        return layout_tokens(alleles, self.store.max_seq_len, self.store.vocab, mask)

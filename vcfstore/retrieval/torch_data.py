@@ -79,6 +79,14 @@ class TargetDataset(Dataset):
     def __len__(self) -> int:
         return self.n_samples * self.target.n_windows
 
+    def budget_needs(self) -> int:
+        """Bytes a worker needs on top of what it holds when it starts: the largest decoded window.
+
+        A split :class:`MemoryBudget` checks each worker's share against it when the worker starts.
+        """
+        windows = self.target.windows
+        return int((windows[:, 1] - windows[:, 0]).max()) * self.target.n_haplotypes
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = None
