@@ -26,6 +26,8 @@ import shutil
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -378,30 +380,35 @@ class _Writer:
             dynamic_ncols=True,
         )
         seen = 0
-        for block in source.blocks(block_sites):
-            bar.update(source.filter.counts["records"] - seen)
-            seen = source.filter.counts["records"]
-            if skip:
-                take = min(skip, len(block))
-                block, skip = block.slice(take), skip - take
-            if len(block) == 0:
-                continue
-            pending.append(block)
-            n_pending += len(block)
-            while n_pending >= self.chunk_sites:
-                merged = _concat(pending)
-                self._commit(merged.slice(0, self.chunk_sites), source)
-                rest = merged.slice(self.chunk_sites)
-                pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
-        bar.close()
-        if pending:
-            self._commit(_concat(pending), source)
+        # Compressing and writing a chunk column (Zstd 15) overlaps reading the next one.
+        commits = _OneAhead(self._commit)
+        try:
+            for block in source.blocks(block_sites):
+                bar.update(source.filter.counts["records"] - seen)
+                seen = source.filter.counts["records"]
+                if skip:
+                    take = min(skip, len(block))
+                    block, skip = block.slice(take), skip - take
+                if len(block) == 0:
+                    continue
+                pending.append(block)
+                n_pending += len(block)
+                while n_pending >= self.chunk_sites:
+                    merged = _concat(pending)
+                    commits.submit(merged.slice(0, self.chunk_sites), dict(source.filter.counts))
+                    rest = merged.slice(self.chunk_sites)
+                    pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
+            bar.close()
+            if pending:
+                commits.submit(_concat(pending), dict(source.filter.counts))
+        finally:
+            commits.close()
         if self.sites == 0:
             raise InputError(f"{self.meta['input']['name']}: no site passed the input policy; nothing to store")
         return source.filter.counts
 
-    def _commit(self, block: SiteBlock, source: SiteSource) -> None:
-        """Append one chunk column of sites, then record the progress."""
+    def _commit(self, block: SiteBlock, counts: dict[str, int]) -> None:
+        """Append one chunk column of sites, then record the progress (``counts``: the input's counts so far)."""
         n, start = len(block), self.sites
         if start % 8:
             raise StoreError("internal error: a chunk was appended after a partial chunk")
@@ -442,7 +449,6 @@ class _Writer:
             freq.resize((*freq.shape[:2], start + n))
             freq[:, :, start:] = group_frequencies(block.alleles, self.annotations)
         self.sites = start + n
-        counts = dict(source.filter.counts)
         self.root.attrs[PROGRESS_KEY] = {"sites": self.sites, "runs": self.runs, "counts": counts}
 
     def _extend_runs(self, contigs: list[str], start: int) -> None:
@@ -485,6 +491,34 @@ class _Writer:
         # One write marks the store complete and drops the progress record (a kill between two
         # writes would leave a finished store that a rerun refuses to touch).
         self.root.attrs.put({ATTR_KEY: meta})
+
+
+class _OneAhead:
+    """Runs a function in one background thread, one call at a time, in order.
+
+    ``submit`` first waits for the call before it, so at most one call is in flight (memory
+    holds one more chunk column) and an error surfaces at the next ``submit`` or at ``close``.
+    """
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self._fn = fn
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vcfstore-commit")
+        self._last: Future[None] | None = None
+
+    def submit(self, *args: Any) -> None:
+        self.wait()
+        self._last = self._pool.submit(self._fn, *args)
+
+    def wait(self) -> None:
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
