@@ -44,3 +44,10 @@ def test_integrity_quick(tmp_path):
     _run_quick("benchmarks.integrity", tmp_path)
     result = json.loads((tmp_path / "integrity_quick.json").read_text())
     assert result["store_reads"]["window_verified_ms"] > 0 and result["index_first_open"]["warm_s"] > 0
+
+
+def test_ingest_quick(tmp_path):
+    _run_quick("benchmarks.ingest", tmp_path)
+    result = json.loads((tmp_path / "ingest_quick.json").read_text())
+    (panel,) = result["panels"].values()
+    assert panel["vcfstore build"]["seconds"] > 0 and panel["vcf2zarr convert -p 0"]["bytes"] > 0
