@@ -54,7 +54,11 @@ DEFAULT_CHUNK_CACHE = "256MB"
 # Bounded failures: botocore's standard retry mode (3 attempts in all, jittered backoff) and
 # timeouts; s3fs's own retry loop on top would multiply the attempts, so it makes one.
 S3_DEFAULTS: dict[str, Any] = {
-    "config_kwargs": {"connect_timeout": 5, "read_timeout": 20, "retries": {"total_max_attempts": 3, "mode": "standard"}},
+    "config_kwargs": {
+        "connect_timeout": 5,
+        "read_timeout": 20,
+        "retries": {"total_max_attempts": 3, "mode": "standard"},
+    },
 }
 S3FS_RETRIES = 1
 _UPLOAD_MARKER = ".vcfstore-upload"  # present while an upload runs: the prefix holds an unfinished store
