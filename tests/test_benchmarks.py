@@ -44,3 +44,12 @@ def test_integrity_quick(tmp_path):
     _run_quick("benchmarks.integrity", tmp_path)
     result = json.loads((tmp_path / "integrity_quick.json").read_text())
     assert result["store_reads"]["window_verified_ms"] > 0 and result["index_first_open"]["warm_s"] > 0
+
+
+def test_object_storage_quick(tmp_path):
+    _run_quick("benchmarks.object_storage", tmp_path)
+    result = json.loads((tmp_path / "object_storage_quick.json").read_text())
+    reads = result["window_reads"]
+    assert {"local", "s3_uncached", "s3_cached_first_pass", "s3_cached_second_pass"} <= set(reads)
+    assert all(r["median_ms"] > 0 for r in reads.values()) and result["chunk_cache"]["hits"] > 0
+    assert result["fork_after_parent_read_by_client"]["fsspec"]["fork_after_parent_read"] == "ok"

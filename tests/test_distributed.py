@@ -240,12 +240,12 @@ def test_a_state_of_other_batches_is_refused_and_a_new_epoch_starts_afresh():
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stateful_dataloader_resumes_the_epoch_and_the_masks(small, workers):
-    torchdata = pytest.importorskip("torchdata.stateful_dataloader")
+    from torchdata.stateful_dataloader import StatefulDataLoader
 
     def loader():
         ds = vs.TargetDataset(small, vs.MaskSchedule(seed=3))
         sampler = WindowGroupedBatchSampler.for_dataset(ds, batch_size=BATCH, seed=SEED, rank=0, world_size=1)
-        dl = torchdata.StatefulDataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=vs.collate)
+        dl = StatefulDataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=vs.collate)
         return ds, sampler, dl
 
     ds, sampler, dl = loader()

@@ -8,7 +8,6 @@ computation on the local copy of the store.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import multiprocessing as mp
 import socket
@@ -22,10 +21,6 @@ import pytest
 import vcfstore as vs
 from vcfstore.memory.meters import MemorySample
 from vcfstore.testing import LocalS3Server
-
-# Looked up, not imported: spawned workers import this module, and moto's server is heavy.
-if importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None:
-    pytest.skip("the S3 tests need moto[server] and s3fs (the test extra)", allow_module_level=True)
 
 BUCKET = "panels"
 URL = f"s3://{BUCKET}/sim.vcfstore"

@@ -124,13 +124,17 @@ class PanelStore:
         self._pid: int | None = None
         self._root: Any = None
 
-    _PICKLED = ("path", "meta", "remote", "storage_options", "budget", "chunk_cache")
-
     def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._PICKLED}
+        state = {"path": self.path, "meta": self.meta}
+        if self.remote:  # how to reach object storage again (each process opens its own client)
+            state.update(storage_options=self.storage_options, budget=self.budget, chunk_cache=self.chunk_cache)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.path, self.meta = state["path"], state["meta"]
+        self.remote = isinstance(self.path, str)
+        self.storage_options, self.budget = state.get("storage_options"), state.get("budget")
+        self.chunk_cache = state.get("chunk_cache", DEFAULT_CHUNK_CACHE)
         self._pid, self._root = None, None
 
     def __repr__(self) -> str:
