@@ -262,3 +262,29 @@ def test_stateful_dataloader_resumes_the_epoch_and_the_masks(small, workers):
     assert [k for k, _ in head + tail] == [k for k, _ in whole]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(tail, whole[5:], strict=True))  # epoch 2's masks
     assert (ds2.epoch, ds2.rate, sampler2.epoch) == (2, 0.45, 2)
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
+def test_stateful_dataloader_checkpoint_of_two_ranks_resumes_on_three(small):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def loaders(world_size):
+        out = []
+        for rank in range(world_size):
+            ds = vs.TargetDataset(small, vs.MaskSchedule(seed=3))
+            sampler = WindowGroupedBatchSampler.for_dataset(ds, BATCH, seed=SEED, rank=rank, world_size=world_size)
+            out.append(StatefulDataLoader(ds, batch_sampler=sampler, collate_fn=vs.collate))
+        return out
+
+    whole = [_key(b) for b in loaders(1)[0]]
+    two = loaders(2)
+    iters = [iter(dl) for dl in two]
+    before = [_key(next(it)) for _ in range(4) for it in iters]  # 4 steps of each rank
+    checkpoint = pickle.loads(pickle.dumps(two[0].state_dict()))  # rank 0's, as a job saves it
+    after = []
+    for dl in loaders(3):
+        dl.load_state_dict(checkpoint)
+        after += [_key(b) for b in dl]
+    assert not set(before) & set(after)
+    assert set(before) | set(after) == set(whole) and len(before) == 8
+    assert len(after) == 3 * math.ceil((len(whole) - 8) / 3)  # the rest, padded to equal steps

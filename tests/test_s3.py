@@ -205,12 +205,14 @@ def test_missing_bucket_and_missing_store(s3, sim_arrays):
         vs.open_store(Path("/tmp/x"), storage_options=opts)
 
 
-def test_wrong_credentials_are_one_clear_error(remote, s3):
+def test_wrong_credentials_are_one_clear_error(remote, s3, sim_arrays):
     t = time.monotonic()
     with pytest.raises(vs.StoreError, match=r"sim\.vcfstore: reading zarr\.json failed: access denied"):
         vs.open_store(URL, storage_options=s3.storage_options(secret="not-the-secret"))
     with pytest.raises(vs.StoreError, match="access denied"):
         vs.open_store(URL, storage_options=s3.storage_options(key="AKIAUNKNOWN", secret="x"))
+    with pytest.raises(vs.StoreError, match="access denied"):  # refused before building
+        vs.build_from_arrays(*sim_arrays, f"s3://{BUCKET}/new", storage_options=s3.storage_options(secret="x"))
     assert time.monotonic() - t < 10
 
 

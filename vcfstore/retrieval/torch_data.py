@@ -149,7 +149,9 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
     batches all ranks together have taken; after :meth:`load_state_dict` the next pass yields
     exactly the batches not yet taken, shared among the ranks of the new job, whatever its
     world size. It follows torchdata's ``Stateful`` protocol, so ``StatefulDataLoader`` saves
-    and restores it with the loader (taking its snapshot when the batches were handed out).
+    and restores it with the loader, snapshotting it in step with the batches it returned. (A
+    plain ``DataLoader`` with workers asks for batches ahead of the training loop, so a state
+    taken by hand there counts the prefetched batches as taken.)
 
     Parameters
     ----------

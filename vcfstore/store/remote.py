@@ -198,15 +198,19 @@ def missing_store_message(store: RemoteReads) -> str:
 
 
 def _bucket_exists(store: FsspecStore, where: str) -> bool:
+    """Whether the bucket exists; refused credentials are an error here (``exists`` would say False)."""
     bucket = store.path.split("/", 1)[0]
     try:
-        return bool(sync(store.fs._exists(bucket)))
+        sync(store.fs._info(bucket))
+    except FileNotFoundError:
+        return False
     except Exception as e:  # noqa: BLE001 - any failure of the client becomes one StoreError naming the store
         raise remote_error(where, f"looking up bucket {bucket!r}", e) from None
+    return True
 
 
 def _no_bucket(store: FsspecStore) -> str:
-    return f"bucket {store.path.split('/', 1)[0]!r} does not exist (or these credentials cannot see it)"
+    return f"bucket {store.path.split('/', 1)[0]!r} does not exist"
 
 
 def _staging_for(url: str) -> Path:
@@ -256,20 +260,22 @@ class RemoteBuild:
         except Exception as e:  # noqa: BLE001 - any failure of the client becomes one StoreError naming the store
             raise remote_error(self.url, what, e) from None
 
+    def _present(self, key: str) -> bool:
+        return bool(self._call(f"looking for {key}", self._store.exists(key)))
+
     def _check_target(self, force: bool) -> bool:
         """Whether objects at the URL must be removed before the upload; refuses what it must not replace."""
         if not _bucket_exists(self._store, self.url):
             raise StoreError(f"{self.url}: {_no_bucket(self._store)}; create it first")
-        keys = self._call("listing the target", _first_keys(self._store, 1000))
-        if not keys:
-            return False
-        if _UPLOAD_MARKER in keys:
+        if self._present(_UPLOAD_MARKER):
             return True  # our own upload, interrupted: replaced without asking
-        if "zarr.json" in keys and CHECKSUMS in keys:
+        if self._present("zarr.json") and self._present(CHECKSUMS):
             if force:
                 return True
             raise StoreError(f"{self.url} holds a finished store; pass force=True (--force) to replace it")
-        raise StoreError(f"{self.url} holds objects that are not a vcfstore store; refusing to write there")
+        if self._call("listing the target", _any_key(self._store)):
+            raise StoreError(f"{self.url} holds objects that are not a vcfstore store; refusing to write there")
+        return False
 
     def staged_identity(self) -> str | None:
         """The identity of a finished build in the staging directory (whose upload failed), else None."""
@@ -307,13 +313,10 @@ def _buffer(data: bytes) -> Buffer:
     return default_buffer_prototype().buffer.from_bytes(data)
 
 
-async def _first_keys(store: Store, n: int) -> set[str]:
-    keys: set[str] = set()
-    async for key in store.list():
-        keys.add(key)
-        if len(keys) >= n:
-            break
-    return keys
+async def _any_key(store: Store) -> bool:
+    async for _ in store.list():
+        return True
+    return False
 
 
 async def _delete_except(store: FsspecStore, keep: str) -> None:
