@@ -271,7 +271,6 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
             "epoch": self.epoch,
             "seed": self.seed,
             "taken": taken,
-            "world_size": self.world_size,
             "shape": self._shape(),
         }
         if self.dataset is not None:
