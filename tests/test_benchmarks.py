@@ -51,3 +51,12 @@ def test_ingest_quick(tmp_path):
     result = json.loads((tmp_path / "ingest_quick.json").read_text())
     (panel,) = result["panels"].values()
     assert panel["vcfstore build"]["seconds"] > 0 and panel["vcf2zarr convert -p 0"]["bytes"] > 0
+
+
+def test_object_storage_quick(tmp_path):
+    _run_quick("benchmarks.object_storage", tmp_path)
+    result = json.loads((tmp_path / "object_storage_quick.json").read_text())
+    reads = result["window_reads"]
+    assert {"local", "s3_uncached", "s3_cached_first_pass", "s3_cached_second_pass"} <= set(reads)
+    assert all(r["median_ms"] > 0 for r in reads.values()) and result["chunk_cache"]["hits"] > 0
+    assert result["fork_after_parent_read_by_client"]["fsspec"]["fork_after_parent_read"] == "ok"

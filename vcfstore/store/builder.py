@@ -42,6 +42,7 @@ from vcfstore.store.annotations import SampleAnnotations, group_frequencies
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
 from vcfstore.store.integrity import record_checksums
 from vcfstore.store.reader import PanelStore, read_store_attrs
+from vcfstore.store.remote import RemoteBuild, is_url
 from vcfstore.store.vocab import Vocabulary
 from vcfstore.store.windows import check_window_size, check_windows, fixed_windows
 
@@ -69,6 +70,8 @@ def build_store(
     block_sites: int = 1024,
     force: bool = False,
     progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    staging: str | os.PathLike[str] | None = None,
 ) -> PanelStore:
     """Build (or resume building) a panel store from a site source.
 
@@ -76,10 +79,12 @@ def build_store(
     ----------
     source : VcfSource, VcfZarrSource or ArraySource
         Where the sites come from.
-    out : path
+    out : path or URL
         The store directory. An unfinished build there with the same input and parameters is
         resumed; a finished store or a foreign directory is left alone unless ``force``
-        (which only ever removes a vcfstore store).
+        (which only ever removes a vcfstore store). A URL (``s3://bucket/panel.vcfstore``) is
+        built in a local ``staging`` directory and uploaded when finished (see
+        :class:`~vcfstore.store.remote.RemoteBuild`; ``storage_options`` as for :func:`open_store`).
     window_size, overlap : int
         Fixed windows of ``window_size`` sites (default ``max_seq_len - 2``) overlapping by
         ``overlap`` sites, restarted at every contig.
@@ -175,7 +180,10 @@ def build_store(
     }
     if annotations is not None:  # only then, so stores built without keep their identity
         params["annotations_sha256"] = annotations.digest()
-    out = Path(out)
+    remote = RemoteBuild(os.fspath(out), storage_options, staging, force=force) if is_url(out) else None
+    if remote is not None and remote.staged_identity() == _identity(described, params):
+        return remote.publish()  # built before, but the upload failed: upload it again
+    out = remote.staging if remote is not None else Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         # One writer at a time: a lock file beside the store (zarr's mode="w" clears the directory).
@@ -206,7 +214,7 @@ def build_store(
             f"{out}: the build stopped: {e.strerror or e} ({e.filename or out}); "
             "fix the cause and run the same command again to resume"
         ) from None
-    return PanelStore(out)
+    return remote.publish() if remote is not None else PanelStore(out)
 
 
 def _warn_records_not_sites(counts: Counter[str], n_sites: int) -> None:
@@ -252,9 +260,7 @@ class _Writer:
     ) -> _Writer:
         import zarr
 
-        identity = hashlib.sha256(
-            json.dumps([STORE_FORMAT_VERSION, described["sha256"], params], sort_keys=True).encode()
-        ).hexdigest()[:32]
+        identity = _identity(described, params)
         existing = _existing(out)
         if existing is not None:
             meta, state = existing
@@ -519,6 +525,13 @@ class _OneAhead:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _identity(described: dict[str, Any], params: dict[str, Any]) -> str:
+    """The digest of a build's input and parameters: equal digests build equal stores."""
+    return hashlib.sha256(
+        json.dumps([STORE_FORMAT_VERSION, described["sha256"], params], sort_keys=True).encode()
+    ).hexdigest()[:32]
 
 
 def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
