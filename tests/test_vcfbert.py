@@ -509,3 +509,20 @@ def test_user_errors(files, stores, tmp_path):
         vb.VcfBertDataset(stores.cohort, frequencies=stores.frequencies, groups=stores.groups).process_batch_retrieval(
             vb.collate([stores.dataset()[0]]), BertStyleEmbedding(), "cpu"
         )
+
+
+@pytest.mark.slow
+def test_example_trains_and_imputes(tmp_path):
+    """examples/vcfbert_train.py end to end, briefly: the model learns and imputes better than the major allele."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("vcfbert_train", ROOT / "examples" / "vcfbert_train.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    r = example.main(["--steps", "60", "--workers", "0", "--out", str(tmp_path)])
+    assert r["steps"] == 60 and r["last_loss"] < r["first_loss"]
+    assert r["imputation_accuracy"] > r["imputation_baseline"] + 0.02
+    assert (tmp_path / "files" / "all.panel").read_text().startswith("sample\tpop\tsuper_pop\tgender\n")
+    assert np.load(tmp_path / "files" / "freq.npy").shape[:2] == (4, 6)

@@ -209,7 +209,13 @@ def build_stores(
     af = None if table is None else table[AF, -1]
     if table is None and panel is None:
         raise InputError("without frequencies= the table is computed from the cohort: pass panel= (its .panel file)")
-    common = {"windows": windows, "missing": missing, "max_seq_len": max_seq_len, "force": force, "progress": progress}
+    common: dict[str, Any] = {
+        "windows": windows,
+        "missing": missing,
+        "max_seq_len": max_seq_len,
+        "force": force,
+        "progress": progress,
+    }
     cohort = build_panel(training, out_dir / "cohort.vcfstore", af=af, annotations=panel, **common)
     features = population_features(
         cohort, cohort.samples, frequencies=table, groups=groups, panel=panel, annotated_store=cohort

@@ -35,6 +35,7 @@ from vcfstore.store.annotations import SampleAnnotations
 from vcfstore.store.masks import MaskSchedule
 from vcfstore.store.reader import PanelStore
 from vcfstore.store.vocab import Vocabulary, layout_tokens, pad_sites
+from vcfstore.vcfbert.build import Missing
 from vcfstore.vcfbert.features import (
     PopulationFeatures,
     as_tensors,
@@ -159,7 +160,7 @@ class VcfBertDataset(Dataset):
         store_dir: str | os.PathLike[str] | None = None,
         masks: MaskSchedule | VcfBertMasks | None = None,
         budget: MemoryBudget | None = None,
-        missing: str = "error",
+        missing: Missing = "error",
         progress: bool = True,
     ) -> VcfBertDataset:
         """VCF-Bert's ``EmbeddingRAGDataset.from_file`` call, on stores built (once) from its files.
