@@ -20,49 +20,32 @@ masked exactly like their query.
 from __future__ import annotations
 
 import os
-import types
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from vcfstore.errors import ArgumentError, InputError
+from vcfstore.errors import ArgumentError
 from vcfstore.memory.budget import MemoryBudget
 from vcfstore.memory.window_cache import WindowCache
 from vcfstore.retrieval.torch_data import ItemKey
 from vcfstore.store.annotations import SampleAnnotations
 from vcfstore.store.masks import MaskSchedule
 from vcfstore.store.reader import PanelStore
-from vcfstore.store.vocab import Vocabulary, layout_tokens, pad_sites
+from vcfstore.store.vocab import layout_tokens, pad_sites
 from vcfstore.vcfbert.build import Missing
 from vcfstore.vcfbert.features import (
     PopulationFeatures,
+    WindowTable,
     as_tensors,
     check_same_sites,
+    checked_vocab,
     normalised_positions,
     population_features,
 )
 from vcfstore.vcfbert.files import AF, read_frequency_table
 from vcfstore.vcfbert.masks import CURRICULUM_RATES, VALIDATION_SEED, VcfBertMasks
 from vcfstore.vcfbert.retrieval import BatchRetrieval
-
-LONG_KEYS = ("hap_1", "hap_2", "hap_1_label", "hap_2_label", "gt_label", "mask", "hap1_nomask", "hap2_nomask")
-FLOAT_KEYS = ("pos", "af", "af_p", "ref", "het", "hom")
-
-
-@dataclass(frozen=True)
-class WindowTable:
-    """VCF-Bert's ``Window``: ``window_info`` int64 [W, 2] half-open site ranges."""
-
-    window_info: np.ndarray
-
-
-def vocab_view(vocab: Vocabulary) -> types.SimpleNamespace:
-    """The token ids under VCF-Bert's ``Vocab`` attribute names (``mask_index`` and the like)."""
-    return types.SimpleNamespace(
-        pad_index=vocab.pad, unk_index=vocab.unk, sos_index=vocab.sos, eos_index=vocab.eos, mask_index=vocab.mask
-    )
 
 
 class VcfBertDataset(Dataset):
@@ -123,7 +106,7 @@ class VcfBertDataset(Dataset):
             check_same_sites(cohort, reference, self.features)
         if not mask_rates or not all(0.0 <= r <= 1.0 for r in mask_rates):
             raise ArgumentError(f"mask_rates must be rates in [0, 1], not {mask_rates}")
-        self.vocab = _checked_vocab(vocab, cohort.vocab)
+        self.vocab = checked_vocab(vocab, cohort.vocab)
         self.masks = masks if masks is not None else MaskSchedule(seed=0)
         self.name, self.validation_seed = name, validation_seed
         self.n_samples = len(cohort.samples)
@@ -312,17 +295,3 @@ class VcfBertDataset(Dataset):
     def embed_dim(self) -> int | None:
         """The embedding width: the layer's ``embed_size`` given at construction, else that of the last retrieval."""
         return self._embed_dim if self._embed_dim is not None else self._retrieval.embed_dim
-
-
-def _checked_vocab(vocab: Any, store_vocab: Vocabulary) -> Any:
-    """VCF-Bert's vocabulary if given (its allele and special ids must be the store's), else a view of the store's."""
-    if vocab is None:
-        return vocab_view(store_vocab)
-    stoi = getattr(vocab, "stoi", None)
-    want = {"<pad>": store_vocab.pad, "<mask>": store_vocab.mask, 0: store_vocab.allele0, 1: store_vocab.allele1}
-    if stoi is not None and any(stoi.get(k) != v for k, v in want.items()):
-        raise InputError(
-            "the vocabulary's ids for <pad>, <mask> and alleles 0/1 differ from the store's "
-            f"({ {k: stoi.get(k) for k in want} } against {want})"
-        )
-    return vocab

@@ -8,6 +8,7 @@ each laid out like the tokens: 0 at SOS, the values at token positions 1..n, zer
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,8 @@ import numpy as np
 from vcfstore.errors import InputError
 from vcfstore.store.annotations import GLOBAL_GROUP, SampleAnnotations, read_frequencies, read_sample_annotations
 from vcfstore.store.reader import PanelStore
-from vcfstore.store.vocab import pad_sites
+from vcfstore.store.vocab import Vocabulary, pad_sites
 from vcfstore.vcfbert.files import AF, HET, HOM, REF, read_frequency_table, read_panel_file
-
-FLOAT_KEYS = ("pos", "af", "af_p", "ref", "het", "hom")
 
 
 def normalised_positions(positions: np.ndarray) -> np.ndarray:
@@ -176,3 +175,31 @@ def as_tensors(item: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """VCF-Bert's ``Window``: ``window_info`` int64 [W, 2] half-open site ranges."""
+
+    window_info: np.ndarray
+
+
+def vocab_view(vocab: Vocabulary) -> types.SimpleNamespace:
+    """The token ids under VCF-Bert's ``Vocab`` attribute names (``mask_index`` and the like)."""
+    return types.SimpleNamespace(
+        pad_index=vocab.pad, unk_index=vocab.unk, sos_index=vocab.sos, eos_index=vocab.eos, mask_index=vocab.mask
+    )
+
+
+def checked_vocab(vocab: Any, store_vocab: Vocabulary) -> Any:
+    """VCF-Bert's vocabulary if given (its allele and special ids must be the store's), else a view of the store's."""
+    if vocab is None:
+        return vocab_view(store_vocab)
+    stoi = getattr(vocab, "stoi", None)
+    want = {"<pad>": store_vocab.pad, "<mask>": store_vocab.mask, 0: store_vocab.allele0, 1: store_vocab.allele1}
+    if stoi is not None and any(stoi.get(k) != v for k, v in want.items()):
+        raise InputError(
+            "the vocabulary's ids for <pad>, <mask> and alleles 0/1 differ from the store's "
+            f"({ {k: stoi.get(k) for k in want} } against {want})"
+        )
+    return vocab

@@ -83,9 +83,7 @@ def write_panel_file(
     genders = ["unknown"] * len(samples) if genders is None else genders
     lines = ["sample\tpop\tsuper_pop\tgender"]
     lines += ["\t".join(map(str, row)) for row in zip(samples, pops, super_pops, genders, strict=True)]
-    path = Path(path)
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-    return path
+    return _write(path, ("\n".join(lines) + "\n").encode())
 
 
 def read_frequency_table(path: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
@@ -122,11 +120,9 @@ def read_frequency_table(path: str | os.PathLike[str] | np.ndarray) -> np.ndarra
 def write_frequency_table(path: str | os.PathLike[str], table: np.ndarray) -> Path:
     """Save a frequency table as VCF-Bert's ``freq.npy`` (float32 ``[4, n_groups + 1, n_sites]``)."""
     table = read_frequency_table(np.asarray(table, dtype=np.float32))
-    path = Path(path)
     buf = io.BytesIO()
     np.save(buf, table, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return _write(path, buf.getvalue())
 
 
 def read_segments_csv(
@@ -174,6 +170,12 @@ def write_segments_csv(path: str | os.PathLike[str], windows: np.ndarray) -> Pat
     """Write windows as VCF-Bert's segments CSV: header ``start,end``, then one row per window."""
     windows = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
     text = "start,end\n" + "".join(f"{a},{b}\n" for a, b in windows.tolist())
+    return _write(path, text.encode())
+
+
+def _write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write a file atomically, creating its folder."""
     path = Path(path)
-    atomic_write_bytes(path, text.encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
     return path

@@ -31,8 +31,14 @@ from vcfstore.store.align import AlignedTarget
 from vcfstore.store.annotations import SampleAnnotations
 from vcfstore.store.reader import PanelStore
 from vcfstore.store.vocab import layout_tokens, pad_sites
-from vcfstore.vcfbert.dataset import WindowTable, _checked_vocab
-from vcfstore.vcfbert.features import as_tensors, check_reference_af, normalised_positions, population_features
+from vcfstore.vcfbert.features import (
+    WindowTable,
+    as_tensors,
+    check_reference_af,
+    checked_vocab,
+    normalised_positions,
+    population_features,
+)
 from vcfstore.vcfbert.files import AF, INFER_WINDOW_LEN, read_frequency_table
 from vcfstore.vcfbert.retrieval import BatchRetrieval
 from vcfstore.vcfbert.sampler import collate
@@ -92,7 +98,7 @@ class VcfBertInferDataset(Dataset):
             global_without_panel=True,
         )
         check_reference_af(reference, self.features)
-        self.vocab = _checked_vocab(vocab, reference.vocab)
+        self.vocab = checked_vocab(vocab, reference.vocab)
         self.n_samples = len(self.target.samples)
         self.window_count = reference.n_windows
         self.window = WindowTable(reference.windows)
