@@ -467,6 +467,14 @@ def test_imputation_in_site_by_sample_order(files, stores, tmp_path):
     np.testing.assert_array_equal(result.positions, positions)
     assert result.samples.tolist() == ["T3", "T1", "T7"]
     np.testing.assert_allclose(result.genotype_probabilities().sum(-1), 1, rtol=1e-6)
+    np.testing.assert_allclose(result.dosage(), result.alt_probability.sum(-1))
+
+    class Logits(_ProbeModel):
+        def forward(self, x: dict) -> list[torch.Tensor]:
+            return [torch.log(p.clamp_min(1e-30)) for p in super().forward(x)[:2]]
+
+    again = vb.impute(Logits(model.embedding), ds, k=2, batch_size=3, outputs="logits")
+    np.testing.assert_allclose(again.alt_probability, result.alt_probability, atol=1e-6)
 
 
 # --- files, stores and errors ----------------------------------------------------------------------

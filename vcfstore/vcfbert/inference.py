@@ -291,7 +291,10 @@ def impute(
     if outputs not in ("probabilities", "logits"):
         raise ArgumentError(f"outputs must be 'probabilities' or 'logits', not {outputs!r}")
     layer = embedding_layer if embedding_layer is not None else _embedding_of(model)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
     reference, W, S = dataset.reference, dataset.window_count, dataset.n_samples
     n_sites = reference.n_sites
     if dataset.budget is not None:
@@ -317,8 +320,9 @@ def impute(
     finally:
         model.train(was_training)
     with np.errstate(invalid="ignore", divide="ignore"):
-        alt = total / count[:, None, None]
-    return Imputation(np.asarray(dataset.target.samples), reference.positions, dataset.target.site_missing.copy(), alt)
+        total /= count[:, None, None]  # in place: the results are the one large allocation admitted
+    target = dataset.target
+    return Imputation(np.asarray(target.samples), reference.positions, target.site_missing.copy(), total)
 
 
 def _alt_probabilities(scores: Any, outputs: str) -> np.ndarray:
