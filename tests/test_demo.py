@@ -1,15 +1,13 @@
-"""``vcfstore demo --vcf FILE`` trains on the user's file, not on a simulated panel (slow: the whole demo runs)."""
+"""``vcfstore demo --vcf FILE`` trains on the user's file, not on a simulated panel."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from tests.conftest import vcf_from_arrays
 from vcfstore.app.demo import run_demo
 
 
-@pytest.mark.slow
 def test_demo_trains_on_the_given_vcf(tmp_path, sim_arrays):
     alleles, positions = sim_arrays  # 100 samples
     vcf = vcf_from_arrays(tmp_path / "mine.vcf.gz", alleles[:, :1500], positions[:1500], contig="7")
