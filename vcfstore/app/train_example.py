@@ -20,12 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vcfstore.errors import InputError
 from vcfstore.memory.budget import MemoryBudget
 from vcfstore.memory.meters import PeakSampler
 from vcfstore.retrieval.layers import PositionwiseEmbedding
 from vcfstore.retrieval.retriever import Retriever
 from vcfstore.retrieval.torch_data import IGNORE_INDEX, TargetDataset, WindowGroupedBatchSampler, collate
 from vcfstore.simulate import simulate_reference_and_targets
+from vcfstore.store.builder import build_from_arrays
 from vcfstore.store.masks import MaskSchedule
 from vcfstore.store.reader import PanelStore
 
@@ -60,6 +62,43 @@ def split_panel(
         window_size=window,
         max_seq_len=window + 2,
     )
+
+
+def split_store(
+    store: PanelStore,
+    out: Path,
+    *,
+    max_samples: int = 300,
+    target_share: float = 0.2,
+    max_sites: int = 4096,
+    window: int = 128,
+) -> tuple[PanelStore, PanelStore]:
+    """A panel store's samples split into reference and target stores, over a span of its sites.
+
+    Up to ``max_samples`` samples (the last ``target_share`` of them become the targets, at
+    least one on each side) and up to ``max_sites`` consecutive sites from the middle of the
+    panel, in windows of ``window`` sites: a CPU-sized training set from any panel, e.g. the
+    user's VCF in ``vcfstore demo --vcf``.
+    """
+    n_samples = min(len(store.samples), max_samples)
+    if n_samples < 2:
+        raise InputError(f"{store.path}: training needs at least 2 samples (1 reference, 1 target); it has {n_samples}")
+    n_target = min(max(1, round(n_samples * target_share)), n_samples - 1)
+    n_sites = min(store.n_sites, max_sites)
+    start = (store.n_sites - n_sites) // 2
+    sites = store.site_table(start, start + n_sites)
+    alleles = store.read_alleles(start, start + n_sites, np.arange(2 * n_samples))
+    kwargs = {"window_size": window, "max_seq_len": window + 2, "force": True, "contigs": list(sites["contig"])}
+    kwargs |= {"refs": list(sites["ref"]), "alts": list(sites["alt"])}
+    cut = 2 * (n_samples - n_target)
+    names = list(store.samples[:n_samples])
+    ref = build_from_arrays(
+        alleles[:cut], sites["position"], out / "reference.vcfstore", samples=names[: cut // 2], **kwargs
+    )
+    tgt = build_from_arrays(
+        alleles[cut:], sites["position"], out / "targets.vcfstore", samples=names[cut // 2 :], **kwargs
+    )
+    return ref, tgt
 
 
 @dataclass
