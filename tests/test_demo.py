@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.conftest import vcf_from_arrays
+from tests.helpers import vcf_from_arrays
 from vcfstore.app.demo import run_demo
 
 

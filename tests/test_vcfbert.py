@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import vcfstore.vcfbert as vb
-from tests.conftest import write_vcf
+from tests.helpers import write_vcf
 from vcfstore.errors import ArgumentError, InputError, InputWarning
 from vcfstore.memory.budget import MemoryBudget
 from vcfstore.store.masks import MaskSchedule
@@ -345,7 +345,7 @@ def test_four_fork_workers_equal_no_workers(stores, masks):
 
 # --- retrieval -------------------------------------------------------------------------------------
 def _oracle_neighbours(layer, ref_tokens: np.ndarray, query: np.ndarray, af: np.ndarray, k: int) -> list[int]:
-    """VCF-Bert's search: references masked like the query, L2 over flattened embeddings; ties to the lowest index."""
+    """VCF-Bert's search in float64: references masked like the query, flattened L2; ties to the lowest index."""
     masked = ref_tokens.copy()
     masked[:, query == 4] = 4
     with torch.no_grad():
@@ -353,14 +353,8 @@ def _oracle_neighbours(layer, ref_tokens: np.ndarray, query: np.ndarray, af: np.
         r = layer(torch.as_tensor(masked), af=a, pos=True).reshape(len(masked), -1).double()
         q = layer(torch.as_tensor(query)[None], af=a[:1], pos=True).reshape(1, -1).double()
     d = ((r - q) ** 2).sum(1).numpy()
-    out: list[int] = []
-    left = set(range(len(d)))
-    while len(out) < k:
-        m = min(d[i] for i in left)
-        tied = sorted(i for i in left if d[i] <= m + 1e-4 * max(m, 1.0))
-        out += tied[: k - len(out)]
-        left -= set(tied)
-    return out
+    # Exact float64 distances of the float32 embeddings; equal ones go to the lowest index.
+    return np.argsort(d, kind="stable")[:k].tolist()
 
 
 def test_process_batch_retrieval_outputs_and_gradients(files, stores):
@@ -524,7 +518,7 @@ def test_example_trains_and_imputes(tmp_path):
     """examples/vcfbert_train.py end to end, briefly: the model learns and imputes better than the major allele."""
     import importlib.util
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     spec = importlib.util.spec_from_file_location("vcfbert_train", ROOT / "examples" / "vcfbert_train.py")
     example = importlib.util.module_from_spec(spec)
