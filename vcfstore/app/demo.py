@@ -26,7 +26,7 @@ def run_demo(
     """Simulate (or read) a panel, build a store, read it, retrieve under a budget, train briefly."""
     from vcfstore.app.display import print_store_info
     from vcfstore.simulate import TreeSequenceSource, simulate_panel
-    from vcfstore.sources import open_source
+    from vcfstore.sources import SiteSource, open_source
     from vcfstore.store.builder import build_store
     from vcfstore.store.masks import MaskSchedule
 
@@ -38,7 +38,7 @@ def run_demo(
                 f"1. simulating {n_samples} diploid samples over {sequence_length / 1e6:.1f} Mb "
                 f"with msprime (seed {seed})"
             )
-            source = TreeSequenceSource(simulate_panel(n_samples, sequence_length, seed=seed))
+            source: SiteSource = TreeSequenceSource(simulate_panel(n_samples, sequence_length, seed=seed))
         else:
             echo(f"1. reading {vcf_path}")
             source = open_source(vcf_path)

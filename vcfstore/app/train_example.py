@@ -135,7 +135,9 @@ def train(
     schedule = MaskSchedule(seed)
     ds = TargetDataset(target, schedule, reference=reference, rate=0.3, budget=mem)
     sampler = WindowGroupedBatchSampler.for_dataset(ds, batch_size, seed=seed, world_size=1, rank=0)
-    loader_kwargs = {"multiprocessing_context": "fork", "worker_init_fn": mem.worker_init_fn()} if workers else {}
+    loader_kwargs: dict[str, Any] = (
+        {"multiprocessing_context": "fork", "worker_init_fn": mem.worker_init_fn()} if workers else {}
+    )
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate, **loader_kwargs)
 
     history: list[tuple[float, float]] = []
@@ -187,7 +189,7 @@ def _step(model: TinyImputer, batch: dict[str, Any]) -> tuple[torch.Tensor, int,
         keep = target != IGNORE_INDEX
         correct += int((logits.argmax(-1)[keep] == target[keep]).sum())
         total += int(keep.sum())
-    return sum(losses) / 2, correct, total  # type: ignore[return-value]
+    return sum(losses) / 2, correct, total
 
 
 def _major_allele_accuracy(ds: TargetDataset, reference: PanelStore, items: int = 2000) -> float:

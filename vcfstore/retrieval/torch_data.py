@@ -135,7 +135,7 @@ class TargetDataset(Dataset):
 class ItemKey(NamedTuple):
     """An item index with the epoch and curriculum rate its mask is drawn for."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as the field name users read
     epoch: int
     rate: float
 
@@ -238,7 +238,9 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
         batches = self._all_batches()[start:]
         n = self._steps(len(batches))
         # Cycle from the start when there are fewer batches than ranks x steps.
-        mine = [batches[(self.rank + i * self.world_size) % len(batches)] for i in range(n)] if batches else []
+        mine: list[list[Any]] = (
+            [batches[(self.rank + i * self.world_size) % len(batches)] for i in range(n)] if batches else []
+        )
         if self.dataset is not None:
             epoch, rate = self.dataset.epoch, self.dataset.rate  # read in the main process, now
             mine = [[ItemKey(i, epoch, rate) for i in batch] for batch in mine]

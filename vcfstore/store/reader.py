@@ -125,7 +125,7 @@ class PanelStore:
         self._root: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {"path": self.path, "meta": self.meta}
+        state: dict[str, Any] = {"path": self.path, "meta": self.meta}
         if self.remote:  # how to reach object storage again (each process opens its own client)
             state.update(storage_options=self.storage_options, budget=self.budget, chunk_cache=self.chunk_cache)
         return state

@@ -113,7 +113,7 @@ def population_features(
         table = read_frequency_table(frequencies if isinstance(frequencies, np.ndarray) else Path(frequencies))
     if table.shape[2] != sites_store.n_sites:
         raise InputError(
-            f"the frequency table has {table.shape[2]} sites but {sites_store.path.name} has {sites_store.n_sites}: "
+            f"the frequency table has {table.shape[2]} sites but {sites_store.path} has {sites_store.n_sites}: "
             "VCF-Bert's table has one row per record of the VCF it was made from, and the store one site per record"
         )
     if isinstance(panel, SampleAnnotations):
@@ -153,11 +153,11 @@ def check_same_sites(store: PanelStore, reference: PanelStore, features: Populat
     """
     if reference.n_sites != store.n_sites or not np.array_equal(reference.positions, store.positions):
         raise InputError(
-            f"the reference {reference.path.name} and {store.path.name} must hold the same sites "
+            f"the reference {reference.path} and {store.path} must hold the same sites "
             f"({reference.n_sites} and {store.n_sites} sites, positions differ): build both from VCFs of one site list"
         )
     if not np.array_equal(reference.windows, store.windows):
-        raise InputError(f"the reference {reference.path.name} and {store.path.name} must have the same windows")
+        raise InputError(f"the reference {reference.path} and {store.path} must have the same windows")
     check_reference_af(reference, features)
 
 
@@ -165,7 +165,7 @@ def check_reference_af(reference: PanelStore, features: PopulationFeatures) -> N
     """The reference store's AF must be the table's global AF (VCF-Bert encodes references with it)."""
     if not np.array_equal(reference.af, features.global_af):
         raise InputError(
-            f"the reference {reference.path.name} was built with other allele frequencies than the frequency table's "
+            f"the reference {reference.path} was built with other allele frequencies than the frequency table's "
             "global AF, which VCF-Bert encodes references with: build it with vcfstore.vcfbert.build_panel(..., af=)"
         )
 
