@@ -47,7 +47,7 @@ class FirstBatchOfEachWindow(Sampler):
     def __iter__(self):
         seen = set()
         for batch in self.inner:
-            w = batch[0] // ds.n_samples
+            w = batch[0].index // ds.n_samples  # items carry (index, epoch, rate)
             if w not in seen:
                 seen.add(w)
                 yield batch

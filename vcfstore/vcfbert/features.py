@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import types
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -104,7 +104,7 @@ def population_features(
         stored = read_frequencies(sites_store)
         if stored is None:
             raise InputError(
-                f"{sites_store.path} has no frequency table: pass frequencies= (VCF-Bert's freq.npy) or build the "
+                f"{_name(sites_store)} has no frequency table: pass frequencies= (VCF-Bert's freq.npy) or build the "
                 "store with its .panel file (annotations=)"
             )
         store_groups, table = stored
@@ -113,7 +113,7 @@ def population_features(
         table = read_frequency_table(frequencies if isinstance(frequencies, np.ndarray) else Path(frequencies))
     if table.shape[2] != sites_store.n_sites:
         raise InputError(
-            f"the frequency table has {table.shape[2]} sites but {sites_store.path} has {sites_store.n_sites}: "
+            f"the frequency table has {table.shape[2]} sites but {_name(sites_store)} has {sites_store.n_sites}: "
             "VCF-Bert's table has one row per record of the VCF it was made from, and the store one site per record"
         )
     if isinstance(panel, SampleAnnotations):
@@ -153,11 +153,11 @@ def check_same_sites(store: PanelStore, reference: PanelStore, features: Populat
     """
     if reference.n_sites != store.n_sites or not np.array_equal(reference.positions, store.positions):
         raise InputError(
-            f"the reference {reference.path} and {store.path} must hold the same sites "
+            f"the reference {reference.path} and {_name(store)} must hold the same sites "
             f"({reference.n_sites} and {store.n_sites} sites, positions differ): build both from VCFs of one site list"
         )
     if not np.array_equal(reference.windows, store.windows):
-        raise InputError(f"the reference {reference.path} and {store.path} must have the same windows")
+        raise InputError(f"the reference {reference.path} and {_name(store)} must have the same windows")
     check_reference_af(reference, features)
 
 
@@ -203,3 +203,8 @@ def checked_vocab(vocab: Any, store_vocab: Vocabulary) -> Any:
             f"({ {k: stoi.get(k) for k in want} } against {want})"
         )
     return vocab
+
+
+def _name(store: PanelStore) -> str:
+    """A store's directory name for messages (a local path or a URL)."""
+    return PurePosixPath(str(store.path)).name
