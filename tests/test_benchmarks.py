@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
@@ -20,6 +22,7 @@ def _run_quick(module: str, out) -> None:
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_designs_quick(tmp_path):
     _run_quick("benchmarks.designs", tmp_path)
     result = json.loads((tmp_path / "designs_quick.json").read_text())

@@ -240,6 +240,7 @@ def test_dataset_checks_sites(sim_store, real_pair):
         vs.TargetDataset(sim_store, vs.MaskSchedule(1), reference=ref)
 
 
+@pytest.mark.slow
 def test_training_example_learns(tmp_path):
     from vcfstore.app.train_example import split_panel, train
 
