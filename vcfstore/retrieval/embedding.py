@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import inspect
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -117,12 +117,28 @@ class WeightsIdentity:
         self.embedding, self.forward_kwargs, self.weights_version = embedding, forward_kwargs, weights_version
         self._seen: tuple[tuple[int, int, int], ...] | None = None
         self._digest: str | None = None
+        self._pinned: list[torch.Tensor] = []
 
     def _fingerprint(self) -> tuple[tuple[int, int, int], ...]:
         if not isinstance(self.embedding, torch.nn.Module):
             return ()
-        tensors = itertools.chain(self.embedding.parameters(), self.embedding.buffers())
+        tensors = list(itertools.chain(self.embedding.parameters(), self.embedding.buffers()))
+        # Holding the tensors seen last keeps their ids from being reused by replacements.
+        self._pinned = tensors
         return tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+
+    def version(self) -> Hashable | None:
+        """A token equal between two calls exactly while none of the layer's tensors changed.
+
+        As cheap as :meth:`digest` is when nothing changed (no hashing of weights): for caches of
+        values computed from the weights. ``weights_version`` when given; None for a callable
+        that is not a ``torch.nn.Module`` and has none (its weights cannot be seen: cache nothing).
+        """
+        if self.weights_version is not None:
+            return ("user", self.weights_version)
+        if not isinstance(self.embedding, torch.nn.Module):
+            return None
+        return self._fingerprint()
 
     def digest(self) -> str:
         """The current digest (a cached one while no tensor of the layer has changed)."""
