@@ -42,6 +42,7 @@ from vcfstore.retrieval.embedding import Embedding, embed, eval_mode
 from vcfstore.retrieval.exact_search import WindowTables, check_positionwise, table_rows
 
 COMPOSE_MODES = ("auto", "always", "never")
+RowGroup = tuple[np.ndarray, np.ndarray]  # composed rows: (window slot [N], alleles [N, L] uint8)
 # Train-mode check: outputs kept by dropout equal eval value x 1 / (1 - p) to float32 rounding of the product.
 SCALE_RTOL = 1e-5
 
@@ -170,6 +171,37 @@ def _storage_refs(t: torch.Tensor) -> tuple[int, int]:
     return torch._C._storage_Use_Count(storage._cdata), sys.getrefcount(storage)
 
 
+class _Dropout(torch.autograd.Function):
+    """In-place dropout that keeps a byte a value for backward (torch's CPU dropout keeps a float).
+
+    Values are kept where a uniform draw (torch's generator, in slices of the tensor) is below
+    ``1 - p`` and scaled by ``1 / (1 - p)``: the distribution of ``nn.Dropout``.
+    """
+
+    SLICE = 1 << 18  # uniform draws per slice: a buffer that stays in cache
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        flat = x.view(-1)
+        keep = torch.empty(flat.shape, dtype=torch.bool, device=x.device)
+        draws = torch.empty(min(_Dropout.SLICE, flat.numel()), dtype=x.dtype, device=x.device)
+        scale = 1 / (1 - p)
+        for s in range(0, flat.numel(), draws.numel()):
+            e = min(s + draws.numel(), flat.numel())
+            u = draws[: e - s].uniform_()
+            torch.lt(u, 1 - p, out=keep[s:e])
+            flat[s:e].mul_(keep[s:e]).mul_(scale)
+        ctx.scale = scale
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(keep.view(x.shape))
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
+
+
 class _ReusedBuffer:
     """One CPU buffer for composed rows, handed out again once nothing else refers to its storage.
 
@@ -255,12 +287,16 @@ class Composer:
         self._positionwise: str | None = None  # "" once verified, else why not
         self._plans: dict[bool, ComposePlan] = {}
         self._row_bytes: dict[bool, tuple[float, float]] = {}
-        self.buffer = _ReusedBuffer()
+        self.buffers: list[_ReusedBuffer] = []  # one per group of composed rows (the two haplotypes)
         self.dim: int | None = None  # D, known from the first table
 
     @property
     def training(self) -> bool:
         return bool(getattr(self.layer, "training", False))
+
+    def current_plan(self) -> ComposePlan | None:
+        """The plan for the layer's current mode, None until :meth:`plan` decided it."""
+        return self._plans.get(self.training)
 
     def table(self, n_sites: int, max_seq_len: int, vocab: Any, af: np.ndarray) -> torch.Tensor:
         """The window's rows of :func:`~vcfstore.retrieval.exact_search.table_rows` embedded in eval mode: [3, L, D].
@@ -317,31 +353,46 @@ class Composer:
         return ComposePlan(True, p, how)
 
     def compose(
-        self, tables: list[torch.Tensor], slots: np.ndarray, alleles: np.ndarray, shape: tuple[int, ...], dropout: float
-    ) -> torch.Tensor:
-        """Rows [N, L, D] (viewed as ``shape``) from the windows' :meth:`table` results.
+        self,
+        tables: list[torch.Tensor],
+        groups: list[tuple[np.ndarray, np.ndarray]],
+        shape: tuple[int, ...],
+        dropout: float,
+    ) -> list[torch.Tensor]:
+        """One tensor of ``shape`` ([..., L, D]) per group of rows, from the windows' :meth:`table` results.
 
-        ``slots`` [N] give each row's window (an index into ``tables``), ``alleles`` [N, L]
-        (uint8) its allele at each position (0 at SOS, EOS and padding). ``dropout`` is applied
-        to the result in place (train mode).
+        A group is ``(slots [N], alleles [N, L])``: each row's window (an index into ``tables``)
+        and its allele (uint8) at each position, 0 at SOS, EOS and padding. The groups are
+        separate tensors (not views of one), so each one's gradient goes straight to the tables.
+        ``dropout`` is applied in place (train mode).
         """
         pairs = torch.stack([t[1:] for t in tables])  # allele 0 and allele 1 rows: [n_win, 2, L, D]
         L, D = pairs.shape[2:]
-        out = self.buffer.take((len(slots), L, D), pairs.dtype, pairs.device)
-        a = torch.as_tensor(alleles, device=pairs.device).to(torch.uint8)
-        s = torch.as_tensor(slots, device=pairs.device).to(torch.long)
-        rows = _ComposeRows.apply(pairs, a, s, out)
-        if dropout:
-            rows = torch.nn.functional.dropout(rows, dropout, training=True, inplace=True)
-        return rows.view(shape)
+        while len(self.buffers) < len(groups):
+            self.buffers.append(_ReusedBuffer())
+        out = []
+        for buffer, (slots, alleles) in zip(self.buffers, groups, strict=False):
+            rows = _ComposeRows.apply(
+                pairs,
+                torch.as_tensor(alleles, device=pairs.device).to(torch.uint8),
+                torch.as_tensor(slots, device=pairs.device).to(torch.long),
+                buffer.take((len(slots), L, D), pairs.dtype, pairs.device),
+            )
+            if dropout and rows.device.type == "cpu":
+                rows = _Dropout.apply(rows, dropout)
+            elif dropout:  # torch's fused kernel keeps a byte a value on GPUs
+                rows = torch.nn.functional.dropout(rows, dropout, training=True)
+            out.append(rows.view(shape))
+        return out
 
-    def output_bytes(self, n_rows: int, L: int, D: int, dtype: torch.dtype = torch.float32) -> int:
-        """Bytes the next :meth:`compose` of ``n_rows`` allocates (0 when its buffer is reused)."""
-        return self.buffer.fresh_bytes(n_rows * L * D, dtype, self.device)
+    def output_bytes(self, group_rows: list[int], L: int, D: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes the next :meth:`compose` of groups of these many rows allocates (reused buffers: 0)."""
+        buffers = self.buffers + [_ReusedBuffer()] * max(0, len(group_rows) - len(self.buffers))
+        return sum(b.fresh_bytes(n * L * D, dtype, self.device) for b, n in zip(buffers, group_rows, strict=False))
 
     @staticmethod
     def graph_bytes(n_rows: int, L: int, D: int, dropout: float) -> int:
-        """What autograd keeps for composed rows: their alleles (a byte a position), slots, and dropout's mask."""
+        """What autograd keeps for composed rows: alleles (a byte a position), slots, dropout's byte a value."""
         return n_rows * L + n_rows * 8 + (n_rows * L * D if dropout else 0)
 
     def direct_graph_bytes(self, n_rows: int, tokens: np.ndarray, af: np.ndarray) -> int:

@@ -143,7 +143,7 @@ class Retriever:
     @property
     def compose_plan(self) -> ComposePlan | None:
         """How :meth:`augment` embeds retrieved rows in the layer's current mode (None until a batch decided it)."""
-        return self.composer._plans.get(self.composer.training)
+        return self.composer.current_plan()
 
     def _reserve(self, nbytes: int, what: str, *, on_device: bool = False) -> contextlib.AbstractContextManager[None]:
         """Admit a batch's working set with the budget for the block (nothing without a budget)."""
@@ -301,8 +301,10 @@ class Retriever:
         )
         return result
 
-    def _compose(self, found_by_window: _Found, tables: list[torch.Tensor], B: int, plan: ComposePlan) -> torch.Tensor:
-        """[2, B, K, L, D] composed from the windows' tables (in the order of ``found_by_window``)."""
+    def _compose(
+        self, found_by_window: _Found, tables: list[torch.Tensor], B: int, plan: ComposePlan
+    ) -> list[torch.Tensor]:
+        """[B, K, L, D] per haplotype, composed from the windows' tables (in the order of ``found_by_window``)."""
         L, K, D = self.store.max_seq_len, self.k, int(tables[0].shape[-1])
         alleles = np.zeros((2, B, K, L), dtype=np.uint8)  # 0 at SOS, EOS and padding: both tables agree there
         slots = np.empty((2, B, K), dtype=np.int64)
@@ -310,16 +312,19 @@ class Retriever:
             rows = self.window_cache.alleles(w, rows=found.reshape(-1)).reshape(2, len(members), K, -1)
             alleles[:, members, :, 1 : rows.shape[-1] + 1] = rows
             slots[:, members] = slot
-        n, shape = 2 * B * K, (2, B, K, L, D)
-        nbytes = self.composer.output_bytes(n, L, D) + self.composer.graph_bytes(n, L, D, plan.dropout)
+        n = B * K
+        groups = [(slots[h].reshape(n), alleles[h].reshape(n, L)) for h in (0, 1)]
+        nbytes = self.composer.output_bytes([n, n], L, D) + 2 * self.composer.graph_bytes(n, L, D, plan.dropout)
         with self._reserve(nbytes, f"the retrieved embeddings of {B} rows (K={K}) and their graph", on_device=True):
-            return self.composer.compose(tables, slots.reshape(-1), alleles.reshape(n, L), shape, plan.dropout)
+            return self.composer.compose([t.float() for t in tables], groups, (B, K, L, D), plan.dropout)
 
-    def _encode(self, found_by_window: _Found, B: int) -> torch.Tensor:
-        """[2, B, K, L, D]: the unique retrieved rows of each window run through the layer."""
+    def _encode(self, found_by_window: _Found, B: int) -> list[torch.Tensor]:
+        """[B, K, L, D] per haplotype: the unique retrieved rows of each window run through the layer."""
         store, L, K, D = self.store, self.store.max_seq_len, self.k, self.composer.dim
         assert D is not None  # known from the table the plan was decided with
-        pieces: list[tuple[np.ndarray, torch.Tensor, np.ndarray]] = []
+        encoded: list[torch.Tensor] = []
+        where = np.empty((2, B, K), dtype=np.int64)  # each retrieved row's place among the encoded rows
+        offset = 0
         for w, members, found in found_by_window:
             uniq, inverse = np.unique(found, return_inverse=True)
             tokens = self.window_cache.tokens(w, rows=uniq)  # complete (unmasked) tokens
@@ -328,14 +333,10 @@ class Retriever:
             if torch.is_grad_enabled():
                 nbytes += self.composer.direct_graph_bytes(len(uniq), tokens, af)
             with self._reserve(nbytes, f"encoding {len(uniq)} retrieved rows of window {w}", on_device=True):
-                emb = embed(self.layer, tokens, af, forward_kwargs=self.forward_kwargs, device=self.device)
-            pieces.append((members, emb, inverse.reshape(found.shape)))
+                encoded.append(embed(self.layer, tokens, af, forward_kwargs=self.forward_kwargs, device=self.device))
+            where[:, members] = offset + inverse.reshape(2, len(members), K)
+            offset += len(uniq)
         with self._reserve(2 * B * K * L * D * 4, f"the retrieved embeddings of {B} rows (K={K})", on_device=True):
-            out = torch.zeros((2, B, K, L, D), dtype=torch.float32, device=self.device)
-            for members, emb, inverse in pieces:  # one piece per window: the slices are differentiable
-                n = len(members)
-                m = torch.as_tensor(members, device=self.device)
-                gathered = emb.float()[torch.as_tensor(inverse, device=self.device)]  # [2n, K, L, D]
-                out[0, m] = gathered[:n]
-                out[1, m] = gathered[n:]
-        return out
+            rows = torch.cat(encoded).float() if len(encoded) > 1 else encoded[0].float()
+            # one gather per haplotype: separate tensors, so each one's gradient goes straight to the rows
+            return [rows[torch.as_tensor(where[h], device=self.device)] for h in (0, 1)]
