@@ -131,14 +131,14 @@ class WeightsIdentity:
         """A token equal between two calls exactly while none of the layer's tensors changed.
 
         As cheap as :meth:`digest` is when nothing changed (no hashing of weights): for caches of
-        values computed from the weights. ``weights_version`` when given; None for a callable
-        that is not a ``torch.nn.Module`` and has none (its weights cannot be seen: cache nothing).
+        values computed from the weights. A module's tensors are always looked at (an explicit
+        ``weights_version`` only names them for index sets); a callable that is not a
+        ``torch.nn.Module`` is identified by its ``weights_version``, or not at all (None: cache
+        nothing).
         """
-        if self.weights_version is not None:
-            return ("user", self.weights_version)
-        if not isinstance(self.embedding, torch.nn.Module):
-            return None
-        return self._fingerprint()
+        if isinstance(self.embedding, torch.nn.Module):
+            return self._fingerprint()
+        return None if self.weights_version is None else ("user", self.weights_version)
 
     def digest(self) -> str:
         """The current digest (a cached one while no tensor of the layer has changed)."""
