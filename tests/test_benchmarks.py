@@ -44,3 +44,25 @@ def test_integrity_quick(tmp_path):
     _run_quick("benchmarks.integrity", tmp_path)
     result = json.loads((tmp_path / "integrity_quick.json").read_text())
     assert result["store_reads"]["window_verified_ms"] > 0 and result["index_first_open"]["warm_s"] > 0
+
+
+def test_training_step_quick(tmp_path):
+    _run_quick("benchmarks.training_step", tmp_path)
+    result = json.loads((tmp_path / "training_step_quick.json").read_text())
+    rows = result["per_batch"]["rows"]
+    assert all(row["agreement_with_original"] == 1.0 for row in rows)  # the same neighbours as the original
+    assert {row["mode"] for row in rows} == {"eval", "train"} and {row["k"] for row in rows} == {1, 8}
+    assert all(row["plan"].startswith(("eval mode", "verified")) for row in rows)  # composed in both modes
+    assert all(s["composed"] < s["direct"] for s in result["summary"]["saved_bytes"])
+    epochs = result["summary"]["epochs"]
+    assert len(epochs) == 4 and sum(not e["subset"] for e in epochs) == 1
+    assert all(e["batches_run"] > 0 and e["peak_anon"] > 0 and e["budget_refused"] == 0 for e in epochs)
+    assert {g["goal"] for g in result["summary"]["goals"]} == {
+        "search_k8_d192",
+        "augment_k8_d192",
+        "augment_k8_d384",
+        "augment_k1_d192",
+        "saved_bytes_k8_d192",
+        "epoch_retrieval_k8_d192",
+    }
+    assert (tmp_path / "training_step_quick.png").stat().st_size > 10_000
