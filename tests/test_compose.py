@@ -163,13 +163,7 @@ def test_dropout_verified_and_applied_to_composed_rows(sim_store):
     batch = _two_windows(sim_store)
     retr = vs.Retriever(sim_store, layer, k=4, backend="exact", forward_kwargs=kwargs)
     state = torch.get_rng_state()
-    plan = retr.composer.plan(
-        retr.composer.table(len(sim_store.window_sites(1)), 1030, sim_store.vocab, sim_store.window_af(1)),
-        len(sim_store.window_sites(1)),
-        1030,
-        sim_store.vocab,
-        sim_store.window_af(1),
-    )
+    plan = retr.composer.plan(len(sim_store.window_sites(1)), 1030, sim_store.vocab, sim_store.window_af(1))
     assert torch.equal(torch.get_rng_state(), state)  # the train-mode probe leaves the random stream alone
     assert plan.compose and plan.dropout == 0.1 and plan.reason.startswith("verified: dropout p=0.1")
     out = retr.augment(batch)

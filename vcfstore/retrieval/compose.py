@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from vcfstore.errors import ArgumentError, NotPositionwiseError
-from vcfstore.retrieval.embedding import Embedding, embed, eval_mode
-from vcfstore.retrieval.exact_search import WindowTables, check_positionwise, table_rows
+from vcfstore.retrieval.embedding import Embedding, embed, eval_mode, single_threaded
+from vcfstore.retrieval.exact_search import allele_rows, check_positionwise, window_tables
 
 COMPOSE_MODES = ("auto", "always", "never")
 RowGroup = tuple[np.ndarray, np.ndarray]  # composed rows: (window slot [N], alleles [N, L] uint8)
@@ -299,12 +299,12 @@ class Composer:
         return self._plans.get(self.training)
 
     def table(self, n_sites: int, max_seq_len: int, vocab: Any, af: np.ndarray) -> torch.Tensor:
-        """The window's rows of :func:`~vcfstore.retrieval.exact_search.table_rows` embedded in eval mode: [3, L, D].
+        """The window's rows of :func:`~vcfstore.retrieval.exact_search.allele_rows` embedded in eval mode: [2, L, D].
 
         With gradients when grad mode is on: the composed rows' gradients flow through it.
         """
-        with eval_mode(self.layer):
-            table = self._embed(table_rows(n_sites, max_seq_len, vocab), af)
+        with eval_mode(self.layer), single_threaded():
+            table = self._embed(allele_rows(n_sites, max_seq_len, vocab), af)
         self.dim = int(table.shape[-1])
         return table
 
@@ -312,30 +312,28 @@ class Composer:
         af_rows = np.broadcast_to(af, tokens.shape)
         return embed(self.layer, tokens, af_rows, forward_kwargs=self.forward_kwargs, device=self.device)
 
-    def plan(self, table: torch.Tensor, n_sites: int, max_seq_len: int, vocab: Any, af: np.ndarray) -> ComposePlan:
+    def plan(self, n_sites: int, max_seq_len: int, vocab: Any, af: np.ndarray) -> ComposePlan:
         """Compose or encode directly, for the layer's current mode (decided once per mode).
 
-        ``table`` is a window's :meth:`table` (its values only are used), the window's other
-        arguments describe it.
+        The checks embed a few rows of the window these arguments describe.
         """
         training = self.training
         if training in self._plans:
             return self._plans[training]
-        plan = self._decide(table, n_sites, max_seq_len, vocab, af, training)
+        plan = self._decide(n_sites, max_seq_len, vocab, af, training)
         if self.mode == "always" and not plan.compose:
             raise NotPositionwiseError(f"compose='always', but the retrieved rows cannot be composed: {plan.reason}")
         self._plans[training] = plan
         return plan
 
-    def _decide(
-        self, table: torch.Tensor, n_sites: int, max_seq_len: int, vocab: Any, af: np.ndarray, training: bool
-    ) -> ComposePlan:
+    def _decide(self, n_sites: int, max_seq_len: int, vocab: Any, af: np.ndarray, training: bool) -> ComposePlan:
         if self.mode == "never":
             return ComposePlan(False, 0.0, "compose='never'")
         if self._positionwise is None:
             try:
-                tables = WindowTables.from_rows(n_sites, vocab, table)
-                check_positionwise(self.layer, tables, max_seq_len, vocab, af, self.forward_kwargs, self.device)
+                args = (max_seq_len, vocab, af)
+                tables = window_tables(self.layer, n_sites, *args, None, self.forward_kwargs, self.device)
+                check_positionwise(self.layer, tables, *args, self.forward_kwargs, self.device)
                 self._positionwise = ""
             except NotPositionwiseError:
                 self._positionwise = "the layer is not position-wise"
@@ -345,9 +343,10 @@ class Composer:
             return ComposePlan(True, 0.0, "eval mode: no dropout")
         if self.final_dropout is not None:
             return ComposePlan(True, self.final_dropout, f"declared: dropout p={self.final_dropout:g} is last")
-        rows = table_rows(n_sites, max_seq_len, vocab)
+        rows = allele_rows(n_sites, max_seq_len, vocab)
 
-        p, how = final_dropout_rate(self.layer, lambda: self._embed(rows, af))
+        with single_threaded():
+            p, how = final_dropout_rate(self.layer, lambda: self._embed(rows, af))
         if p is None:
             return ComposePlan(False, 0.0, f"train mode is not eval mode plus a final dropout ({how})")
         return ComposePlan(True, p, how)
@@ -366,7 +365,8 @@ class Composer:
         separate tensors (not views of one), so each one's gradient goes straight to the tables.
         ``dropout`` is applied in place (train mode).
         """
-        pairs = torch.stack([t[1:] for t in tables])  # allele 0 and allele 1 rows: [n_win, 2, L, D]
+        # allele 0 and allele 1 rows of every window: [n_win, 2, L, D]
+        pairs = tables[0][None] if len(tables) == 1 else torch.stack(tables)
         L, D = pairs.shape[2:]
         while len(self.buffers) < len(groups):
             self.buffers.append(_ReusedBuffer())
@@ -394,6 +394,13 @@ class Composer:
     def graph_bytes(n_rows: int, L: int, D: int, dropout: float) -> int:
         """What autograd keeps for composed rows: alleles (a byte a position), slots, dropout's byte a value."""
         return n_rows * L + n_rows * 8 + (n_rows * L * D if dropout else 0)
+
+    def width(self, tokens: np.ndarray, af: np.ndarray) -> int:
+        """D: known from the first :meth:`table`, else from embedding one of ``tokens`` (once)."""
+        if self.dim is None:
+            with torch.no_grad(), single_threaded():
+                self.dim = int(self._embed(tokens[:1], af).shape[-1])
+        return self.dim
 
     def direct_graph_bytes(self, n_rows: int, tokens: np.ndarray, af: np.ndarray) -> int:
         """Estimated bytes autograd keeps when ``n_rows`` rows are encoded directly (measured once per mode).

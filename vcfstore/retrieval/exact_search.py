@@ -62,7 +62,14 @@ import numpy as np
 import torch
 
 from vcfstore.errors import ArgumentError, NotPositionwiseError, VcfstoreError
-from vcfstore.retrieval.embedding import Embedding, WeightsIdentity, embed, embedding_device, eval_mode
+from vcfstore.retrieval.embedding import (
+    Embedding,
+    WeightsIdentity,
+    embed,
+    embedding_device,
+    eval_mode,
+    single_threaded,
+)
 from vcfstore.store.vocab import layout_site_tokens
 
 METHODS = ("auto", "matmul", "popcount")
@@ -101,19 +108,31 @@ class WindowTables:
         cls, n_sites: int, vocab: Any, ref_rows: torch.Tensor, query_rows: torch.Tensor | None = None
     ) -> WindowTables:
         """Tables from the embeddings [3, L, D] of :func:`table_rows` (query side: the reference's by default)."""
-        finite = [bool(torch.isfinite(t).all()) for t in (ref_rows, query_rows) if t is not None]
-        if not all(finite):
-            raise VcfstoreError("the embedding layer returned NaN or infinite values for this window")
+        check_finite(ref_rows, query_rows)
         ref = ref_rows.detach().double()
         q = ref if query_rows is None else query_rows.detach().double()
         values = (vocab.mask, vocab.allele0, vocab.allele1)
         return cls(n_sites, {v: q[i] for i, v in enumerate(values)}, {v: ref[i] for i, v in enumerate(values)})
 
 
-def table_rows(n_sites: int, max_seq_len: int, vocab: Any) -> np.ndarray:
-    """Tokens [3, L] of the rows holding the mask, allele 0 and allele 1 at every site, laid out as a window."""
-    values = np.asarray((vocab.mask, vocab.allele0, vocab.allele1))
-    return layout_site_tokens(np.repeat(values[:, None], n_sites, axis=1), max_seq_len, vocab)
+def check_finite(*rows: torch.Tensor | None) -> None:
+    """Refuse table rows holding NaN or infinite values."""
+    if not all(bool(torch.isfinite(t).all()) for t in rows if t is not None):
+        raise VcfstoreError("the embedding layer returned NaN or infinite values for this window")
+
+
+def table_rows(n_sites: int, max_seq_len: int, vocab: Any, values: tuple[int, ...] | None = None) -> np.ndarray:
+    """Tokens [len(values), L] of rows holding one token at every site, laid out as a window.
+
+    ``values`` defaults to the mask, allele 0 and allele 1 (:func:`allele_rows`: the two alleles).
+    """
+    v = np.asarray(values if values is not None else (vocab.mask, vocab.allele0, vocab.allele1))
+    return layout_site_tokens(np.repeat(v[:, None], n_sites, axis=1), max_seq_len, vocab)
+
+
+def allele_rows(n_sites: int, max_seq_len: int, vocab: Any) -> np.ndarray:
+    """Tokens [2, L] of the rows holding allele 0 and allele 1 at every site: all a complete row can hold."""
+    return table_rows(n_sites, max_seq_len, vocab, (vocab.allele0, vocab.allele1))
 
 
 @torch.no_grad()
@@ -129,7 +148,7 @@ def window_tables(
 ) -> WindowTables:
     """Embed the constant-token rows of a window (eval mode, no dropout)."""
     rows = table_rows(n_sites, max_seq_len, vocab)
-    with eval_mode(layer):
+    with eval_mode(layer), single_threaded():
         ref = embed(layer, rows, np.broadcast_to(ref_af, rows.shape), forward_kwargs=forward_kwargs, device=device)
         q = None
         if query_af is not None:
@@ -150,6 +169,19 @@ class SiteTerms:
     t10: np.ndarray
     t11: np.ndarray
     mm: np.ndarray
+
+    @classmethod
+    def from_allele_rows(cls, n_sites: int, rows: torch.Tensor) -> SiteTerms:
+        """The terms when queries and references share their AF, from the embeddings [2, L, D] of :func:`allele_rows`.
+
+        Then both sides have one table: a token's term with itself is 0 (masked positions and
+        SOS/EOS/pad included) and ``t01 = t10 = ||e(0) - e(1)||^2``, so the mask row is not needed.
+        """
+        check_finite(rows)
+        r = rows.detach().double()
+        diff = ((r[0] - r[1]) ** 2).sum(-1).cpu().numpy()
+        zero = np.zeros_like(diff)
+        return cls(n_sites, zero, diff, diff, zero, zero)
 
     @classmethod
     def from_tables(cls, tables: WindowTables, vocab: Any) -> SiteTerms:
@@ -189,7 +221,7 @@ def check_positionwise(
     n = tables.n_sites
     site_tokens = rng.choice([vocab.mask, vocab.allele0, vocab.allele1], size=(rows, n))
     tokens = layout_site_tokens(site_tokens, max_seq_len, vocab)
-    with eval_mode(layer):
+    with eval_mode(layer), single_threaded():
         got = embed(layer, tokens, np.broadcast_to(ref_af, tokens.shape), forward_kwargs=forward_kwargs, device=device)
     got = got.double()
     composed = tables.ref[vocab.mask].expand(rows, -1, -1).clone()
@@ -511,29 +543,48 @@ class ExactSearcher:
             del self._terms[next(iter(self._terms))]
         self._terms[key] = terms
 
-    def _verify(self, tables: WindowTables, max_seq_len: int, vocab: Any, ref_af: np.ndarray) -> None:
+    def _verify(self, n_sites: int, max_seq_len: int, vocab: Any, ref_af: np.ndarray) -> None:
+        """The one-off position-wise check of the layer (on this window's full tables)."""
         if id(self.layer) not in self._verified:
-            dev = check_positionwise(self.layer, tables, max_seq_len, vocab, ref_af, self.forward_kwargs, self.device)
+            args = (max_seq_len, vocab, ref_af)
+            tables = window_tables(self.layer, n_sites, *args, None, self.forward_kwargs, self.device)
+            dev = check_positionwise(self.layer, tables, *args, self.forward_kwargs, self.device)
             self.max_deviation = max(self.max_deviation, dev)
             self._verified.add(id(self.layer))
 
     def site_terms(
         self, n_sites: int, max_seq_len: int, vocab: Any, ref_af: np.ndarray, query_af: np.ndarray | None = None
     ) -> SiteTerms:
-        """The window's per-site terms for the current weights (cached per window and weights version)."""
+        """The window's per-site terms for the current weights (cached per window and weights version).
+
+        Queries with the references' AF need only the two allele rows embedded; other AFs need
+        the mask, allele 0 and allele 1 rows under both.
+        """
         key = self._key(n_sites, max_seq_len, vocab, ref_af, query_af)
         terms = self._cached(key)
         if terms is None:
-            tables = window_tables(
-                self.layer, n_sites, max_seq_len, vocab, ref_af, query_af, self.forward_kwargs, self.device
-            )
-            self._verify(tables, max_seq_len, vocab, ref_af)
-            terms = SiteTerms.from_tables(tables, vocab)
+            self._verify(n_sites, max_seq_len, vocab, ref_af)
+            if query_af is None:
+                rows = allele_rows(n_sites, max_seq_len, vocab)
+                with torch.no_grad(), eval_mode(self.layer), single_threaded():
+                    emb = embed(
+                        self.layer,
+                        rows,
+                        np.broadcast_to(ref_af, rows.shape),
+                        forward_kwargs=self.forward_kwargs,
+                        device=self.device,
+                    )
+                terms = SiteTerms.from_allele_rows(n_sites, emb)
+            else:
+                tables = window_tables(
+                    self.layer, n_sites, max_seq_len, vocab, ref_af, query_af, self.forward_kwargs, self.device
+                )
+                terms = SiteTerms.from_tables(tables, vocab)
             self._store(key, terms)
         return terms
 
     def prime(self, rows: torch.Tensor, n_sites: int, max_seq_len: int, vocab: Any, ref_af: np.ndarray) -> None:
-        """Cache a window's terms from the embeddings [3, L, D] of :func:`table_rows` under ``ref_af``.
+        """Cache a window's terms from the embeddings [2, L, D] of :func:`allele_rows` under ``ref_af``.
 
         For the training path, which embeds those rows (with gradients, in eval mode) to compose
         the retrieved embeddings: the search then needs no embedding of its own. ``rows`` must
@@ -541,9 +592,8 @@ class ExactSearcher:
         """
         key = self._key(n_sites, max_seq_len, vocab, ref_af, None)
         if self._cached(key) is None:
-            tables = WindowTables.from_rows(n_sites, vocab, rows)
-            self._verify(tables, max_seq_len, vocab, ref_af)
-            self._store(key, SiteTerms.from_tables(tables, vocab))
+            self._verify(n_sites, max_seq_len, vocab, ref_af)
+            self._store(key, SiteTerms.from_allele_rows(n_sites, rows))
 
     @staticmethod
     def working_bytes(n_queries: int, n_ref: int, n_sites: int) -> int:

@@ -280,12 +280,12 @@ class Retriever:
             if not (af[members] == qaf).all():
                 raise ArgumentError(f"the batch's rows of window {w} have different af rows; a window's rows share one")
             n_sites, ref_af = len(store.window_sites(w)), store.window_af(w)
-            if plan is None or plan.compose or self._backend == "exact":
+            if plan is None:
+                plan = self.composer.plan(n_sites, L, store.vocab, ref_af)
+            if plan.compose or self._backend == "exact":
                 # The window's table: composes the rows (with gradients) and gives the search its terms.
-                with torch.set_grad_enabled(torch.is_grad_enabled() and (plan is None or plan.compose)):
+                with torch.set_grad_enabled(torch.is_grad_enabled() and plan.compose):
                     table = self.composer.table(n_sites, L, store.vocab, ref_af)
-                if plan is None:
-                    plan = self.composer.plan(table, n_sites, L, store.vocab, ref_af)
                 if plan.compose:
                     tables.append(table)
                 if self._backend == "exact":
@@ -320,15 +320,15 @@ class Retriever:
 
     def _encode(self, found_by_window: _Found, B: int) -> list[torch.Tensor]:
         """[B, K, L, D] per haplotype: the unique retrieved rows of each window run through the layer."""
-        store, L, K, D = self.store, self.store.max_seq_len, self.k, self.composer.dim
-        assert D is not None  # known from the table the plan was decided with
+        store, L, K = self.store, self.store.max_seq_len, self.k
         encoded: list[torch.Tensor] = []
         where = np.empty((2, B, K), dtype=np.int64)  # each retrieved row's place among the encoded rows
-        offset = 0
+        offset, D = 0, 0
         for w, members, found in found_by_window:
             uniq, inverse = np.unique(found, return_inverse=True)
             tokens = self.window_cache.tokens(w, rows=uniq)  # complete (unmasked) tokens
             af = store.window_af(w)
+            D = self.composer.width(tokens, af)
             nbytes = len(uniq) * L * D * 4
             if torch.is_grad_enabled():
                 nbytes += self.composer.direct_graph_bytes(len(uniq), tokens, af)
