@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -254,7 +255,7 @@ def per_batch(cfg: dict[str, Any]) -> dict[str, Any]:
                     k = max(cfg["ks"])
                     saved.append({"d": d, "k": k, "mode": mode, **_saved(original, retr, direct, w, q, k)})
             original.windows.clear()
-    return {"rows": rows, "saved_bytes": saved}
+    return {"rows": rows, "saved_bytes": saved, "load_average_end": os.getloadavg()}
 
 
 # --- worker: an epoch -----------------------------------------------------------------------------------
@@ -309,6 +310,7 @@ def epoch(cfg: dict[str, Any]) -> dict[str, Any]:
         **{f"{key}_s": v for key, v in times.items()},
         "plan": retr.compose_plan.reason if retr.compose_plan else None,
         "budget_refused": budget.report().get("refused", None),
+        "load_average_end": os.getloadavg(),
     }
 
 
@@ -490,56 +492,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--full", nargs="*", default=["8,192"], help="K,D epoch settings run over every window")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--report", type=Path, help="summarise and plot a (partial) result file again, then exit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](json.loads(args.config))))
         return {}
+    if args.report:
+        result = json.loads(args.report.read_text())
+        result.pop("machine", None)
+        result["summary"] = summarize(result)
+        name = args.report.stem.removesuffix("_partial")
+        write_result(name, result, args.out)
+        plot(result, args.out / f"{name}.png")
+        print_summary(result["summary"])
+        return result
     from vcfstore.simulate import simulate_reference_and_targets
 
     if args.quick:
-        n_ref, cohort, window, seq_len, ds, windows, per_batch_windows = 100, 30, 100, 102, [16, 24], 4, [0]
+        n_ref, cohort, window, seq_len, ds, windows, per_batch_windows = 100, 30, 100, 102, [16], 3, [0]
         repeat, length = 1, 5 * 100 / 2500 * 1e6
     else:
         n_ref, cohort, window, seq_len = REAL_HAPLOTYPES // 2, COHORT_SAMPLES, SITES_PER_WINDOW, MAX_SEQ_LEN
         ds, windows, per_batch_windows, repeat = [192, 384], REAL_WINDOWS, [0, 1], 5
-        # Sites per Mb for 1837 samples at these rates: about 4,300; enough for the windows.
-        length = (REAL_WINDOWS + 2) * SITES_PER_WINDOW / 4300 * 1e6
+        # Sites per Mb for 1837 samples at these rates: over 4,000; enough for the windows.
+        length = (REAL_WINDOWS + 2) * SITES_PER_WINDOW / 4000 * 1e6
+    name = "training_step" + ("_quick" if args.quick else "")
+    partial = args.out / f"{name}_partial.json"  # what has run so far: --report summarises it
     tmp = Path(tempfile.mkdtemp(prefix="vcfstore-training-step-", dir=args.work))
     try:
         t0 = time.perf_counter()
         ref, tgt = simulate_reference_and_targets(
             tmp, n_reference=n_ref, n_target=cohort, sequence_length=length, window_size=window, max_seq_len=seq_len
         )
-        store_s = time.perf_counter() - t0
         n_windows = min(windows, ref.n_windows - 1)  # the last window is short
-        base = {
-            "reference": str(ref.path),
-            "targets": str(tgt.path),
-            "work": str(tmp),
+        result: dict[str, Any] = {
+            "benchmark": "training_step",
+            "quick": args.quick,
             "threads": args.threads,
-            "budget": "8GB" if not args.quick else "2GB",
-        }
-        print(f"panel: {ref.n_haplotypes} haplotypes, {ref.n_sites} sites, {ref.n_windows} windows", flush=True)
-        pb_cfg = {**base, "ds": ds, "ks": [1, 8], "windows": per_batch_windows, "repeat": repeat}
-        pb_cfg["modes"] = ["eval", "train"]
-        print("per-batch figures", flush=True)
-        result: dict[str, Any] = {"per_batch": _run("per_batch", pb_cfg, timeout=3 * 3600)}
-        full = {tuple(int(v) for v in s.split(",")) for s in args.full}
-        result["epochs"] = []
-        for d in ds:
-            for k in (8, 1):
-                every = 1 if (k, d) in full or (args.quick and (k, d) == (8, ds[0])) else args.subset_every
-                run = list(range(0, n_windows, every))
-                cfg = {**base, "d": d, "k": k, "windows": run, "batch_samples": BATCH_SAMPLES}
-                print(f"epoch K={k} D={d}: {len(run)} of {n_windows} windows", flush=True)
-                result["epochs"].append(_run("epoch", cfg, timeout=12 * 3600))
-        result.update(
-            benchmark="training_step",
-            quick=args.quick,
-            threads=args.threads,
-            panel={
+            "panel": {
                 "haplotypes": ref.n_haplotypes,
                 "cohort_samples": tgt.n_haplotypes // 2,
                 "sites": ref.n_sites,
@@ -547,14 +539,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "windows_epoch": n_windows,
                 "max_seq_len": ref.max_seq_len,
                 "store_bytes": dir_bytes(ref.path),
-                "store_build_s": store_s,
+                "store_build_s": time.perf_counter() - t0,
             },
-        )
+            "epochs": [],
+        }
+        print(f"panel: {ref.n_haplotypes} haplotypes, {ref.n_sites} sites, {ref.n_windows} windows", flush=True)
+        base = {
+            "reference": str(ref.path),
+            "targets": str(tgt.path),
+            "work": str(tmp),
+            "threads": args.threads,
+            "budget": "8GB" if not args.quick else "2GB",
+        }
+        pb_cfg = {**base, "ds": ds, "ks": [1, 8], "windows": per_batch_windows, "repeat": repeat}
+        pb_cfg["modes"] = ["eval", "train"]
+        print("per-batch figures", flush=True)
+        result["per_batch"] = _run("per_batch", pb_cfg, timeout=3 * 3600)
+        write_result(partial.stem, result, args.out)
+        full = {tuple(int(v) for v in s.split(",")) for s in args.full}
+        for d in ds:
+            for k in (8, 1):
+                every = 1 if (k, d) in full or (args.quick and (k, d) == (8, ds[0])) else args.subset_every
+                run = list(range(0, n_windows, every))
+                cfg = {**base, "d": d, "k": k, "windows": run, "batch_samples": BATCH_SAMPLES}
+                print(f"epoch K={k} D={d}: {len(run)} of {n_windows} windows", flush=True)
+                result["epochs"].append(_run("epoch", cfg, timeout=12 * 3600))
+                write_result(partial.stem, result, args.out)
         result["summary"] = summarize(result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    name = "training_step" + ("_quick" if args.quick else "")
     path = write_result(name, result, args.out)
+    partial.unlink(missing_ok=True)
     plot(result, args.out / f"{name}.png")
     print_summary(result["summary"])
     print(f"wrote {path} and {args.out / f'{name}.png'}")

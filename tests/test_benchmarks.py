@@ -55,7 +55,7 @@ def test_training_step_quick(tmp_path):
     assert all(row["plan"].startswith(("eval mode", "verified")) for row in rows)  # composed in both modes
     assert all(s["composed"] < s["direct"] for s in result["summary"]["saved_bytes"])
     epochs = result["summary"]["epochs"]
-    assert len(epochs) == 4 and sum(not e["subset"] for e in epochs) == 1
+    assert len(epochs) == 2 and sum(not e["subset"] for e in epochs) == 1
     assert all(e["batches_run"] > 0 and e["peak_anon"] > 0 and e["budget_refused"] == 0 for e in epochs)
     assert {g["goal"] for g in result["summary"]["goals"]} == {
         "search_k8_d192",
