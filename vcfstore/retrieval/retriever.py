@@ -249,7 +249,11 @@ class Retriever:
         ``batch`` holds ``hap_1``, ``hap_2`` (masked tokens [B, L]), ``af`` [B, L] and
         ``window_idx`` [B]. Adds ``rag_emb_h1``, ``rag_emb_h2`` [B, K, L, D] (float32, on the
         layer's device, with gradients into the layer) and ``rag_idx_h1``, ``rag_idx_h2`` [B, K].
-        Only the unique retrieved rows of each window are read and encoded.
+        The embeddings are composed from each window's table of the two allele rows (position-wise
+        layers; in train mode with the layer's final dropout applied to them), or else the unique
+        retrieved rows of each window are encoded (see ``compose`` and :attr:`compose_plan`). On
+        the CPU, composed embeddings are written into buffers that a later batch reuses once
+        nothing refers to them any more.
         """
         for key in ("hap_1", "hap_2", "af", "window_idx"):
             if key not in batch:
@@ -282,14 +286,11 @@ class Retriever:
             n_sites, ref_af = len(store.window_sites(w)), store.window_af(w)
             if plan is None:
                 plan = self.composer.plan(n_sites, L, store.vocab, ref_af)
-            if plan.compose or self._backend == "exact":
+            if plan.compose:
                 # The window's table: composes the rows (with gradients) and gives the search its terms.
-                with torch.set_grad_enabled(torch.is_grad_enabled() and plan.compose):
-                    table = self.composer.table(n_sites, L, store.vocab, ref_af)
-                if plan.compose:
-                    tables.append(table)
+                tables.append(self.composer.table(n_sites, L, store.vocab, ref_af))
                 if self._backend == "exact":
-                    self.exact.prime(table.detach(), n_sites, L, store.vocab, ref_af)
+                    self.exact.prime(tables[-1].detach(), n_sites, L, store.vocab, ref_af)
             _, found = self.search(w, queries, qaf if not np.array_equal(qaf, ref_af) else None)
             idx[0, members], idx[1, members] = found[: len(members)], found[len(members) :]
             found_by_window.append((w, members, found))
