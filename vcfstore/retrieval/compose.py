@@ -140,7 +140,7 @@ class _ComposeRows(torch.autograd.Function):
     """``out[n, p] = tables[slot[n], allele[n, p], p]``; backward sums the rows' gradients into the tables."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, tables: torch.Tensor, alleles: torch.Tensor, slots: torch.Tensor, out: torch.Tensor
     ) -> torch.Tensor:
         n_win, _, L, D = tables.shape
@@ -152,7 +152,7 @@ class _ComposeRows(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         alleles, slots = ctx.saved_tensors
         grad_tables = grad.new_zeros((ctx.n_win, 2, *grad.shape[1:]))
         for s in range(ctx.n_win):
@@ -181,7 +181,7 @@ class _Dropout(torch.autograd.Function):
     SLICE = 1 << 18  # uniform draws per slice: a buffer that stays in cache
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
         flat = x.view(-1)
         keep = torch.empty(flat.shape, dtype=torch.bool, device=x.device)
         draws = torch.empty(min(_Dropout.SLICE, flat.numel()), dtype=x.dtype, device=x.device)
@@ -197,7 +197,7 @@ class _Dropout(torch.autograd.Function):
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
         return grad.mul(keep).mul_(ctx.scale), None
 
@@ -243,7 +243,8 @@ class _ReusedBuffer:
             self._buf = None  # whoever still holds the old one keeps it; this one is dropped first
             self._buf = torch.empty(numel, dtype=dtype, device=device)
         assert self._buf is not None
-        return torch.empty(0, dtype=dtype, device=device).set_(self._buf.untyped_storage(), 0, shape)
+        strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+        return torch.empty(0, dtype=dtype, device=device).set_(self._buf.untyped_storage(), 0, shape, strides)
 
     def release(self) -> int:
         """Drop the buffer (the memory is freed once nothing else holds it); returns its bytes."""
@@ -344,7 +345,6 @@ class Composer:
         if self.final_dropout is not None:
             return ComposePlan(True, self.final_dropout, f"declared: dropout p={self.final_dropout:g} is last")
         rows = allele_rows(n_sites, max_seq_len, vocab)
-
         with single_threaded():
             p, how = final_dropout_rate(self.layer, lambda: self._embed(rows, af))
         if p is None:
@@ -354,7 +354,7 @@ class Composer:
     def compose(
         self,
         tables: list[torch.Tensor],
-        groups: list[tuple[np.ndarray, np.ndarray]],
+        groups: list[RowGroup],
         shape: tuple[int, ...],
         dropout: float,
     ) -> list[torch.Tensor]:

@@ -643,7 +643,7 @@ class ExactSearcher:
             if c is not None:  # d = c * Hamming over unmasked sites: every other term is 0
                 hamming = (s0 - s1 + q1.sum(1, keepdims=True)).astype(np.float64)
                 idx = rank_keys(hamming, np.zeros_like(hamming), k)
-                hi, lo, g1, g2 = np.take_along_axis(hamming, idx, 1), 0.0, c, 0.0
+                hi, lo, g1, g2 = np.take_along_axis(hamming, idx, 1), np.zeros(idx.shape), c, 0.0
                 base = np.zeros(len(queries))
             else:
                 idx, hi, lo, g1, g2 = self._bounded(alleles, w, q0, q1, s0, s1, k)
