@@ -63,3 +63,25 @@ def test_object_storage_quick(tmp_path):
     assert {"local", "s3_uncached", "s3_cached_first_pass", "s3_cached_second_pass"} <= set(reads)
     assert all(r["median_ms"] > 0 for r in reads.values()) and result["chunk_cache"]["hits"] > 0
     assert result["fork_after_parent_read_by_client"]["fsspec"]["fork_after_parent_read"] == "ok"
+
+
+def test_training_step_quick(tmp_path):
+    _run_quick("benchmarks.training_step", tmp_path)
+    result = json.loads((tmp_path / "training_step_quick.json").read_text())
+    rows = result["per_batch"]["rows"]
+    assert all(row["agreement_with_original"] == 1.0 for row in rows)  # the same neighbours as the original
+    assert {row["mode"] for row in rows} == {"eval", "train"} and {row["k"] for row in rows} == {1, 8}
+    assert all(row["plan"].startswith(("eval mode", "verified")) for row in rows)  # composed in both modes
+    assert all(s["composed"] < s["direct"] for s in result["summary"]["saved_bytes"])
+    epochs = result["summary"]["epochs"]
+    assert len(epochs) == 2 and sum(not e["subset"] for e in epochs) == 1
+    assert all(e["batches_run"] > 0 and e["peak_anon"] > 0 and e["budget_refused"] == 0 for e in epochs)
+    assert {g["goal"] for g in result["summary"]["goals"]} == {
+        "search_k8_d192",
+        "augment_k8_d192",
+        "augment_k8_d384",
+        "augment_k1_d192",
+        "saved_bytes_k8_d192",
+        "epoch_retrieval_k8_d192",
+    }
+    assert (tmp_path / "training_step_quick.png").stat().st_size > 10_000
