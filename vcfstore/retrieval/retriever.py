@@ -236,10 +236,10 @@ class Retriever:
             x = embed(
                 self.layer, q, np.broadcast_to(qaf, q.shape), forward_kwargs=self.forward_kwargs, device=self.device
             )
-        x = x.reshape(len(q), -1).float().cpu().numpy()
-        if not np.isfinite(x).all():
+        vectors = x.reshape(len(q), -1).float().cpu().numpy()
+        if not np.isfinite(vectors).all():
             raise VcfstoreError("the embedding layer returned NaN or infinite values for these queries")
-        d, i = self.index_set.search_exact(window, x, self.k)
+        d, i = self.index_set.search_exact(window, vectors, self.k)
         return d.astype(np.float32), i
 
     # --- the training path -----------------------------------------------------------------
