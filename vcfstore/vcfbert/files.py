@@ -16,7 +16,6 @@ example can write files VCF-Bert itself would read:
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import numpy as np
 from vcfstore._fileio import atomic_write_bytes
 from vcfstore.errors import InputError
 from vcfstore.store.annotations import GLOBAL_GROUP
-from vcfstore.store.windows import check_windows
+from vcfstore.store.windows import check_windows, read_csv_rows
 
 MAX_SEQ_LEN = 1030  # tokens per window: [SOS] sites [EOS] pad
 INFER_WINDOW_LEN = 1020  # sites per inference window (consecutive sites of the reference)
@@ -140,13 +139,7 @@ def read_segments_csv(
         Naming the line that is not two integers, or the first window that is empty, reversed,
         out of order or too long.
     """
-    try:
-        with open(path, newline="") as f:
-            rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if r and any(c.strip() for c in r)]
-    except OSError as e:
-        raise InputError(f"cannot read windows file {path}: {e.strerror}") from None
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise InputError(f"windows file {path} is not a readable CSV file ({e})") from None
+    rows = read_csv_rows(path)
     rows = rows[1:]  # VCF-Bert always drops the first row
     if not rows:
         raise InputError(f"windows file {path} has no windows after its header row")
