@@ -133,14 +133,15 @@ def test_chunk_cache_is_held_under_the_budget_and_its_ceiling(remote, s3, sim_ar
     store = vs.open_store(URL, storage_options=s3.storage_options(), budget=budget, chunk_cache=8_000)
     for w in (0, 1, 0, 1):
         assert np.array_equal(store.window_alleles(w), _truth(sim_arrays, store, w))
-    cache = store.root.store._store.cache
-    assert cache.hits > 0 and 0 < cache.usage()["anon"] <= 8_000
-    assert budget.held("anon") == cache.usage()["anon"]  # the budget sees the cache
+    cache = store.chunk_cache_stats()
+    assert cache is not None and cache["hits"] > 0 and 0 < cache["anon"] <= 8_000
+    assert budget.held("anon") == cache["anon"]  # the budget sees the cache
     # A budget that cannot admit a chunk leaves it uncached; the read still succeeds.
     tight = vs.MemoryBudget(1 << 20, meter=_FakeMeter())
     store = vs.open_store(URL, storage_options=s3.storage_options(), budget=tight)
     assert np.array_equal(store.window_alleles(3), _truth(sim_arrays, store, 3))
-    assert store.root.store._store.cache.usage()["anon"] == 0 and tight.stats.refused > 0
+    tight_cache = store.chunk_cache_stats()
+    assert tight_cache is not None and tight_cache["anon"] == 0 and tight.stats.refused > 0
 
 
 def _read(store: vs.PanelStore, w: int) -> int:

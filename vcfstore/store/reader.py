@@ -176,6 +176,12 @@ class PanelStore:
             if got != shape:
                 raise StoreError(f"{self.path}: array {name} has shape {got}, the store's metadata says {shape}")
 
+    def chunk_cache_stats(self) -> dict[str, Any] | None:
+        """This process's cache of object-storage chunks (entries, hits, misses, bytes), or None."""
+        wrapped = getattr(self.root.store, "_store", None)  # the VerifyingStore wraps the remote reads
+        cache = getattr(wrapped, "cache", None)
+        return None if cache is None else cache.stats()
+
     def verify(self, *, sizes_only: bool = False) -> list[str]:
         """Check every file of the store against its checksum record; one line per damaged part (empty: intact).
 
