@@ -299,19 +299,19 @@ def epoch(cfg: dict[str, Any]) -> dict[str, Any]:
             times["augment"] += t2 - t1
             times["loss_backward_step"] += t3 - t2
             batches += 1
-        if i % 10 == 0:
-            print(f"epoch K={k} D={d}: window {i + 1}/{len(cfg['windows'])}", file=sys.stderr, flush=True)
-    return {
-        "k": k,
-        "d": d,
-        "windows_run": len(cfg["windows"]),
-        "batches_run": batches,
-        "wall_s": time.perf_counter() - t_start,
-        **{f"{key}_s": v for key, v in times.items()},
-        "plan": retr.compose_plan.reason if retr.compose_plan else None,
-        "budget_refused": budget.report().get("refused", None),
-        "load_average_end": os.getloadavg(),
-    }
+        progress = {
+            "k": k,
+            "d": d,
+            "windows_run": i + 1,
+            "batches_run": batches,
+            "wall_s": time.perf_counter() - t_start,
+            **{f"{key}_s": v for key, v in times.items()},
+            "plan": retr.compose_plan.reason if retr.compose_plan else None,
+            "budget_refused": budget.report().get("refused", None),
+            "load_average_end": os.getloadavg(),
+        }
+        Path(cfg["progress"]).write_text(json.dumps(progress))  # what a run cut short leaves: a measured subset
+    return progress
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"per_batch": per_batch, "epoch": epoch}
@@ -323,8 +323,13 @@ def _run(worker: str, cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
     argv = [sys.executable, "-m", "benchmarks.training_step", "--worker", worker, "--config", json.dumps(cfg)]
     run = run_measured(argv, interval=0.02, timeout=timeout)
     if run.returncode != 0:
-        raise RuntimeError(f"worker {worker} failed: {run.stderr.strip()[-2000:]}")
-    res = json.loads(run.stdout.strip().splitlines()[-1])
+        progress = Path(cfg.get("progress", "/nonexistent"))
+        if not progress.is_file():
+            raise RuntimeError(f"worker {worker} failed: {run.stderr.strip()[-2000:]}")
+        res = json.loads(progress.read_text())  # the windows it finished
+        res["cut_short"] = f"exit status {run.returncode}: {run.stderr.strip()[-300:]}"
+    else:
+        res = json.loads(run.stdout.strip().splitlines()[-1])
     res.update(peak_anon=run.peak_anon, peak_rss=run.peak_rss)
     return res
 
@@ -432,7 +437,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     for e in summary["epochs"]:
         print(
-            f"  epoch K={e['k']} D={e['d']}{' (subset, scaled)' if e['subset'] else ''}: augment "
+            f"  epoch K={e['k']} D={e['d']}{' (subset, scaled)' if e['subset'] else ''}"
+            f"{' (cut short: ' + e['cut_short'] + ')' if 'cut_short' in e else ''}: augment "
             f"{e['epoch_augment_s']:.0f} s, total {e['epoch_total_s']:.0f} s, peak anon "
             f"{e['peak_anon'] / 2**30:.2f} GiB; retrieval {e['retrieval_ratio']:.3f}x of the original's batches"
         )
@@ -493,6 +499,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report", type=Path, help="summarise and plot a (partial) result file again, then exit")
+    ap.add_argument("--phases", nargs="+", choices=["per_batch", "epochs"], default=["per_batch", "epochs"])
+    ap.add_argument("--merge", type=Path, help="a result file whose figures stand in for the phases not run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -551,17 +559,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "threads": args.threads,
             "budget": "8GB" if not args.quick else "2GB",
         }
-        pb_cfg = {**base, "ds": ds, "ks": [1, 8], "windows": per_batch_windows, "repeat": repeat}
-        pb_cfg["modes"] = ["eval", "train"]
-        print("per-batch figures", flush=True)
-        result["per_batch"] = _run("per_batch", pb_cfg, timeout=3 * 3600)
-        write_result(partial.stem, result, args.out)
+        if args.merge:  # the same panel (msprime's seed is fixed): the other phases' figures stand
+            merged = json.loads(args.merge.read_text())
+            result["per_batch"], result["epochs"] = merged.get("per_batch"), merged.get("epochs", [])
+        if "per_batch" in args.phases:
+            pb_cfg = {**base, "ds": ds, "ks": [1, 8], "windows": per_batch_windows, "repeat": repeat}
+            pb_cfg["modes"] = ["eval", "train"]
+            print("per-batch figures", flush=True)
+            result["per_batch"] = _run("per_batch", pb_cfg, timeout=3 * 3600)
+            write_result(partial.stem, result, args.out)
         full = {tuple(int(v) for v in s.split(",")) for s in args.full}
-        for d in ds:
+        if "epochs" in args.phases:
+            result["epochs"] = []
+        for d in ds if "epochs" in args.phases else ():
             for k in (8, 1):
                 every = 1 if (k, d) in full or (args.quick and (k, d) == (8, ds[0])) else args.subset_every
                 run = list(range(0, n_windows, every))
                 cfg = {**base, "d": d, "k": k, "windows": run, "batch_samples": BATCH_SAMPLES}
+                cfg["progress"] = str(tmp / f"epoch_{k}_{d}.json")
                 print(f"epoch K={k} D={d}: {len(run)} of {n_windows} windows", flush=True)
                 result["epochs"].append(_run("epoch", cfg, timeout=12 * 3600))
                 write_result(partial.stem, result, args.out)

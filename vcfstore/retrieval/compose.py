@@ -136,70 +136,73 @@ def final_dropout_rate(layer: Embedding, probe: Callable[[], torch.Tensor]) -> t
     return p_est, f"verified: dropout (p={p_est:.6g} from the scale) is the last operation"
 
 
+def _table_index(alleles: torch.Tensor, slots: torch.Tensor, L: int) -> torch.Tensor:
+    """Each row position's row in the tables viewed as [n_win * 2 * L, D]: int64 [N * L]."""
+    positions = torch.arange(L, device=alleles.device)
+    return ((slots[:, None] * 2 + alleles.long()) * L + positions).reshape(-1)
+
+
+DROPOUT_SLICE = 1 << 18  # uniform draws per slice of in-place dropout: a buffer that stays in cache
+
+
+def _dropout_(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout on ``x`` in place (values kept where a uniform draw is below ``1 - p``, scaled by ``1 / (1 - p)``).
+
+    Returns the kept-values mask, a byte a value (torch's CPU dropout keeps a float a value). The
+    draws come from torch's generator; on the CPU in slices, on one thread: the draws are serial
+    anyway, and a parallel op per slice waits for every thread.
+    """
+    flat = x.view(-1)
+    if x.device.type != "cpu":
+        keep = torch.rand_like(flat) < 1 - p
+        flat.mul_(keep).mul_(1 / (1 - p))
+        return keep
+    keep = torch.empty(flat.shape, dtype=torch.bool)
+    draws = torch.empty(min(DROPOUT_SLICE, flat.numel()), dtype=x.dtype)
+    with single_threaded():
+        for s in range(0, flat.numel(), draws.numel()):
+            e = min(s + draws.numel(), flat.numel())
+            torch.lt(draws[: e - s].uniform_(), 1 - p, out=keep[s:e])
+            flat[s:e].mul_(keep[s:e]).mul_(1 / (1 - p))
+    return keep
+
+
 class _ComposeRows(torch.autograd.Function):
-    """``out[n, p] = tables[slot[n], allele[n, p], p]``; backward sums the rows' gradients into the tables."""
+    """``out[n, p] = tables[slot[n], allele[n, p], p]``, then dropout at rate ``p`` in place.
+
+    The backward adds each row position's gradient (masked and scaled as dropout was) to its
+    table row: one pass over the gradients.
+    """
 
     @staticmethod
     def forward(
-        ctx: Any, tables: torch.Tensor, alleles: torch.Tensor, slots: torch.Tensor, out: torch.Tensor
+        ctx: Any, tables: torch.Tensor, alleles: torch.Tensor, slots: torch.Tensor, out: torch.Tensor, p: float
     ) -> torch.Tensor:
-        n_win, _, L, D = tables.shape
-        idx = (slots[:, None] * 2 + alleles.long()) * L + torch.arange(L, device=tables.device)
-        torch.index_select(tables.reshape(-1, D), 0, idx.reshape(-1), out=out.view(-1, D))
-        ctx.n_win = n_win
+        D = tables.shape[-1]
+        torch.index_select(tables.reshape(-1, D), 0, _table_index(alleles, slots, tables.shape[2]), out=out.view(-1, D))
+        keep = _dropout_(out, p) if p else None
+        ctx.shape, ctx.scale = tables.shape, 1 / (1 - p)
         ctx.mark_dirty(out)
-        ctx.save_for_backward(alleles, slots)
+        ctx.save_for_backward(alleles, slots, keep)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        alleles, slots = ctx.saved_tensors
-        grad_tables = grad.new_zeros((ctx.n_win, 2, *grad.shape[1:]))
-        for s in range(ctx.n_win):
-            rows = (slots == s).nonzero().squeeze(1)
-            g, a = (grad, alleles) if len(rows) == len(slots) else (grad[rows], alleles[rows])
-            a = a.to(grad.dtype)
-            # [2, n, L] coefficients (1 - a, a) against [n, L, D]: one batched product per position
-            coef = torch.stack([1 - a, a])
-            grad_tables[s] = torch.bmm(coef.permute(2, 0, 1), g.transpose(0, 1)).transpose(0, 1)
-        return grad_tables, None, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
+        alleles, slots, keep = ctx.saved_tensors
+        L, D = ctx.shape[2:]
+        rows = grad.reshape(-1, D)
+        if keep is not None:
+            rows = torch.where(keep.view(-1, D), rows, 0.0)
+        grad_tables = grad.new_zeros(ctx.shape)
+        # index_add_: a batched product per position measured 2-50x slower on a busy 2-core machine
+        grad_tables.view(-1, D).index_add_(0, _table_index(alleles, slots, L), rows, alpha=ctx.scale)
+        return grad_tables, None, None, None, None
 
 
 def _storage_refs(t: torch.Tensor) -> tuple[int, int]:
     """(C++ references, Python references) of ``t``'s storage, as seen from inside this call."""
     storage = t.untyped_storage()
     return torch._C._storage_Use_Count(storage._cdata), sys.getrefcount(storage)
-
-
-class _Dropout(torch.autograd.Function):
-    """In-place dropout that keeps a byte a value for backward (torch's CPU dropout keeps a float).
-
-    Values are kept where a uniform draw (torch's generator, in slices of the tensor) is below
-    ``1 - p`` and scaled by ``1 / (1 - p)``: the distribution of ``nn.Dropout``.
-    """
-
-    SLICE = 1 << 18  # uniform draws per slice: a buffer that stays in cache
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        flat = x.view(-1)
-        keep = torch.empty(flat.shape, dtype=torch.bool, device=x.device)
-        draws = torch.empty(min(_Dropout.SLICE, flat.numel()), dtype=x.dtype, device=x.device)
-        scale = 1 / (1 - p)
-        for s in range(0, flat.numel(), draws.numel()):
-            e = min(s + draws.numel(), flat.numel())
-            u = draws[: e - s].uniform_()
-            torch.lt(u, 1 - p, out=keep[s:e])
-            flat[s:e].mul_(keep[s:e]).mul_(scale)
-        ctx.scale = scale
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(keep.view(x.shape))
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
 
 
 class _ReusedBuffer:
@@ -377,11 +380,8 @@ class Composer:
                 torch.as_tensor(alleles, device=pairs.device).to(torch.uint8),
                 torch.as_tensor(slots, device=pairs.device).to(torch.long),
                 buffer.take((len(slots), L, D), pairs.dtype, pairs.device),
+                dropout,
             )
-            if dropout and rows.device.type == "cpu":
-                rows = _Dropout.apply(rows, dropout)
-            elif dropout:  # torch's fused kernel keeps a byte a value on GPUs
-                rows = torch.nn.functional.dropout(rows, dropout, training=True)
             out.append(rows.view(shape))
         return out
 

@@ -411,7 +411,7 @@ def _popcount_rows(q: np.ndarray, ref_t: np.ndarray, out: np.ndarray) -> None:
         np.add(out, count, out=out)
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool): made on first use
 
 
 def _threads() -> int:
@@ -430,10 +430,10 @@ def popcount_and(q: np.ndarray, ref_t: np.ndarray) -> np.ndarray:
     if threads == 1 or n_q < 2 * threads or n_q * n_ref * words < THREADED_WORDS:
         _popcount_rows(q, ref_t, out)
         return out
-    if _POOL is None or _POOL._max_workers != threads:
-        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="vcfstore-popcount")
+    if _POOL is None or _POOL[0] != threads:
+        _POOL = (threads, ThreadPoolExecutor(threads, thread_name_prefix="vcfstore-popcount"))
     bounds = np.linspace(0, n_q, threads + 1).astype(int)
-    jobs = [_POOL.submit(_popcount_rows, q[a:b], ref_t, out[a:b]) for a, b in itertools.pairwise(bounds)]
+    jobs = [_POOL[1].submit(_popcount_rows, q[a:b], ref_t, out[a:b]) for a, b in itertools.pairwise(bounds)]
     for job in jobs:
         job.result()
     return out
