@@ -18,10 +18,12 @@ train mode every output element must be 0 or its eval value / (1 - p), dropped a
 never whole positions at a time) or declared by the user (``final_dropout=p``); a layer that
 fails the check, or is not position-wise, keeps direct encoding.
 
-Memory. The composed rows are written into a CPU buffer that the next batch reuses once nothing
-else refers to it (its storage's reference count says so), so a batch does not fault in
-hundreds of MB of fresh pages; anything still holding the previous batch's embeddings (a
-graph not yet backpropagated, a kept reference) makes the next batch allocate anew.
+Memory. The composed rows are written into CPU buffers (one per haplotype) that the next batch
+reuses once nothing else refers to them (their storage's reference count says so), so a batch
+does not fault in hundreds of MB of fresh pages (measured: 180 ms for 304 MB, against 20 ms to
+write pages already mapped); anything still holding the previous batch's embeddings (a graph not
+yet backpropagated, a kept reference) makes the next batch allocate anew. The buffers stay
+allocated between batches: the size of one batch's retrieved embeddings.
 """
 
 from __future__ import annotations
@@ -248,12 +250,6 @@ class _ReusedBuffer:
         assert self._buf is not None
         strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
         return torch.empty(0, dtype=dtype, device=device).set_(self._buf.untyped_storage(), 0, shape, strides)
-
-    def release(self) -> int:
-        """Drop the buffer (the memory is freed once nothing else holds it); returns its bytes."""
-        n = 0 if self._buf is None else self._buf.untyped_storage().nbytes()
-        self._buf = None
-        return n
 
 
 class Composer:

@@ -78,8 +78,10 @@ ENGINES = ("auto", "numpy", "torch")
 TERMS_CACHE_WINDOWS = 64
 # Relative margin of the candidate bounds: far above their float64 rounding (a few 1e-16), far below a site's step.
 BOUND_MARGIN = 1e-9
-# Popcount work (query rows x references x words) from which the rows are split across threads.
-THREADED_WORDS = 1 << 19
+# Popcount work (query rows x references x words) from which the rows are split across threads. A
+# window-grouped batch (48 queries x 2,008 references x 8 words) stays on one thread: handing it to
+# two cost 3-6 ms of waking threads on a busy 2-core machine, more than the 1 ms the counting takes.
+THREADED_WORDS = 1 << 23
 
 
 @dataclass
@@ -336,11 +338,12 @@ def exact_pair_sums(
     """
     split, g1, g2, b = _integer_split(w)
     out = np.empty((len(rows), 2))
+    refs = alleles[cols].astype(np.float64)  # [n_pairs, sites]
     bounds = np.searchsorted(rows, np.arange(len(w) + 1))
     for i in range(len(w)):
         s, e = bounds[i], bounds[i + 1]
         if e > s:
-            out[s:e] = alleles[cols[s:e]].astype(np.float64) @ split[i].T
+            out[s:e] = refs[s:e] @ split[i].T
     hi, lo = _normalise(out[:, 0], out[:, 1], b)
     return hi, lo, g1, g2
 
@@ -474,6 +477,37 @@ def _weight_range(w: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarra
     none = ~sel.any(1)
     lo[none], hi[none] = 0.0, 0.0
     return lo, hi
+
+
+def _count_order_candidates(
+    s0: np.ndarray,
+    s1: np.ndarray,
+    q0: np.ndarray,
+    q1: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    margin: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The candidates when the keys follow ``m = S0 - S1`` (weights near +c and -c): pairs (rows, cols), or None.
+
+    Takes the references with ``m`` at most the k-th smallest ``m_k`` of their row (an integer
+    partition, no bound computed for every reference) and proves that no other can be among the
+    k nearest: every other has ``m >= m_k + 1`` and ``S0 + S1 <= S`` (the query's unmasked
+    sites), so its key is at least ``(m_k + 1)(w0_lo - w1_lo) / 2 + min(0, S (w0_lo + w1_lo) / 2)``,
+    which must exceed the largest upper bound among those taken. None when a row fails that.
+    """
+    w0_lo, w0_hi, w1_lo, w1_hi = ranges
+    m = s0 - s1
+    m_k = np.partition(m, k - 1, axis=1)[:, k - 1]
+    rows, cols = np.nonzero(m <= m_k[:, None])
+    upper = s0[rows, cols] * w0_hi[rows] + s1[rows, cols] * w1_hi[rows]
+    starts = np.searchsorted(rows, np.arange(len(m)))  # every row has at least k pairs
+    top = np.maximum.reduceat(upper, starts)
+    unmasked = (q0 | q1).sum(1)
+    floor = (m_k + 1) * (w0_lo - w1_lo) / 2 + np.minimum(0.0, unmasked * (w0_lo + w1_lo) / 2)
+    if not ((w0_lo > w1_lo) & (floor - margin > top + margin)).all():
+        return None
+    return rows, cols
 
 
 class ExactSearcher:
@@ -612,17 +646,20 @@ class ExactSearcher:
         vocab: Any,
         ref_af: np.ndarray,
         query_af: np.ndarray | None = None,
+        validate: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Distances [n_q, k] and reference indices [n_q, k] of masked ``queries`` [n_q, L].
 
         ``alleles`` are the window's reference alleles [n_ref, n_sites]; ``query_af`` (one row
         [L] shared by the queries) defaults to ``ref_af``. Distances are the squared L2 distances
         between the flattened float32 embeddings, exact to the bound in the module docstring;
-        equal distances go to the lowest index.
+        equal distances go to the lowest index. ``validate=False`` skips the check of the query
+        tokens' layout (for a caller that has checked them).
         """
         n_sites = alleles.shape[1]
         k = check_k(k, len(alleles))
-        check_query_tokens(queries, n_sites, max_seq_len, vocab)
+        if validate:
+            check_query_tokens(queries, n_sites, max_seq_len, vocab)
         same_af = query_af is None or np.array_equal(query_af, ref_af)
         terms = self.site_terms(n_sites, max_seq_len, vocab, ref_af, None if same_af else query_af)
         base, w = linear_form(terms, queries, vocab)
@@ -657,11 +694,15 @@ class ExactSearcher:
         """Exact ranking of the references the count bounds leave: (indices, hi, lo [n_q, k], g1, g2)."""
         w0_lo, w0_hi = _weight_range(w, q0)
         w1_lo, w1_hi = _weight_range(w, q1)
-        upper = s0 * w0_hi[:, None] + s1 * w1_hi[:, None]
-        kth = np.partition(upper, k - 1, axis=1)[:, k - 1 : k]
-        margin = BOUND_MARGIN * w.shape[1] * np.abs(w).max(1, keepdims=True) + np.finfo(np.float64).tiny
-        lower = s0 * w0_lo[:, None] + s1 * w1_lo[:, None]
-        rows, cols = np.nonzero(lower <= kth + margin)  # at least the k smallest upper bounds in each row
+        margin = BOUND_MARGIN * w.shape[1] * np.abs(w).max(1) + np.finfo(np.float64).tiny
+        found = _count_order_candidates(s0, s1, q0, q1, (w0_lo, w0_hi, w1_lo, w1_hi), margin, k)
+        if found is not None:
+            rows, cols = found
+        else:  # the bounds of every reference, and the k-th smallest upper bound of each row
+            upper = s0 * w0_hi[:, None] + s1 * w1_hi[:, None]
+            kth = np.partition(upper, k - 1, axis=1)[:, k - 1 : k]
+            lower = s0 * w0_lo[:, None] + s1 * w1_lo[:, None]
+            rows, cols = np.nonzero(lower <= kth + margin[:, None])  # at least the k smallest upper bounds a row
         if len(rows) * 4 < s0.size:  # few survivors (K and their ties): their sums alone
             hi, lo, g1, g2 = exact_pair_sums(w, alleles, rows, cols)
         else:

@@ -205,8 +205,15 @@ class Retriever:
             temporaries = self.exact.working_bytes(len(q), len(alleles), len(sites))
             with self._reserve(temporaries, f"the exact search of window {window}"):
                 store = self.store
-                return self.exact.search(
-                    alleles, q, self.k, max_seq_len=store.max_seq_len, vocab=store.vocab, ref_af=ref_af, query_af=qaf
+                return self.exact.search(  # the query tokens were checked above
+                    alleles,
+                    q,
+                    self.k,
+                    max_seq_len=store.max_seq_len,
+                    vocab=store.vocab,
+                    ref_af=ref_af,
+                    query_af=qaf,
+                    validate=False,
                 )
         return self._faiss_search(window, q, qaf if qaf is not None else ref_af)
 
@@ -236,10 +243,10 @@ class Retriever:
             x = embed(
                 self.layer, q, np.broadcast_to(qaf, q.shape), forward_kwargs=self.forward_kwargs, device=self.device
             )
-        vectors = x.reshape(len(q), -1).float().cpu().numpy()
-        if not np.isfinite(vectors).all():
+        x = x.reshape(len(q), -1).float().cpu().numpy()
+        if not np.isfinite(x).all():
             raise VcfstoreError("the embedding layer returned NaN or infinite values for these queries")
-        d, i = self.index_set.search_exact(window, vectors, self.k)
+        d, i = self.index_set.search_exact(window, x, self.k)
         return d.astype(np.float32), i
 
     # --- the training path -----------------------------------------------------------------
