@@ -53,10 +53,11 @@ def main() -> None:
 )
 @click.option(
     "--af-from",
-    type=click.Choice(["panel", "info"]),
     default="panel",
     show_default=True,
-    help="Compute AF from the panel or read INFO/AF.",
+    metavar="panel|info|FILE",
+    help="AF computed from the panel, read from INFO/AF, or from FILE: a TSV/CSV table with columns "
+    "chrom, pos, ref, alt, af covering every site, or a .npy array of one value per kept site.",
 )
 @click.option("--region", help="Only chr:start-end (needs a .tbi/.csi index).")
 @click.option(
@@ -140,7 +141,7 @@ def build(
             windows=windows,
             allow_overlap=allow_overlap,
             max_seq_len=max_seq_len,
-            af_from=af_from,  # type: ignore[arg-type]  # click checked the choices
+            af_from=af_from,
             annotations=samples_panel,
             force=force,
             progress=not quiet,

@@ -240,10 +240,10 @@ class Retriever:
         for row in np.unique(q == self.store.vocab.mask, axis=0):
             self.index_set.check_fresh(window, mask=row)
         with torch.no_grad(), eval_mode(self.layer):
-            x = embed(
+            emb = embed(
                 self.layer, q, np.broadcast_to(qaf, q.shape), forward_kwargs=self.forward_kwargs, device=self.device
             )
-        x = x.reshape(len(q), -1).float().cpu().numpy()
+        x = emb.reshape(len(q), -1).float().cpu().numpy()
         if not np.isfinite(x).all():
             raise VcfstoreError("the embedding layer returned NaN or infinite values for these queries")
         d, i = self.index_set.search_exact(window, x, self.k)

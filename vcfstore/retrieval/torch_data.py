@@ -18,57 +18,89 @@ from torch.utils.data import Dataset, Sampler, default_collate
 
 from vcfstore.errors import ArgumentError, VcfstoreError
 from vcfstore.memory.budget import MemoryBudget
+from vcfstore.memory.lru import LruCache
 from vcfstore.memory.window_cache import WindowCache
+from vcfstore.store.align import AlignedTarget
 from vcfstore.store.masks import MaskSchedule
 from vcfstore.store.reader import PanelStore
+from vcfstore.store.vocab import layout_tokens
 
 IGNORE_INDEX = -100
 
 
 class TargetDataset(Dataset):
-    """Masked query haplotypes of a target panel, one item per (sample, window).
+    """Masked query haplotypes of a target cohort, one item per (sample, window).
 
     Parameters
     ----------
-    target : PanelStore
-        The training cohort's panel (the same sites as the reference).
-    schedule : MaskSchedule
-        Masks per (window, epoch); drawn from the reference's AF so that queries and the
-        reference index of a window are masked identically in every process.
+    target : PanelStore or AlignedTarget
+        The cohort: a store with the reference's sites and windows, or a cohort aligned to the
+        reference (:class:`~vcfstore.store.align.AlignedTarget`: sites matched by contig,
+        position, REF and ALT, swapped alleles recoded, sites it lacks missing).
+    schedule : MaskSchedule, optional
+        Masks per (window, epoch), drawn from the reference's AF so that queries and the
+        reference index of a window are masked identically in every process. Needed in
+        ``"train"`` mode.
     reference : PanelStore, optional
-        The reference panel (default: ``target``); its AF is the ``af`` of every item.
+        The reference panel (default: ``target``, or the aligned target's reference); its AF
+        is the ``af`` of every item.
+    mode : {"train", "impute"}
+        ``train`` masks the schedule's sites, plus whatever the target lacks; ``impute`` masks
+        only what the target lacks (the sites to impute), so no schedule is needed.
     epoch, rate : int, float
         The current epoch and curriculum rate (change with :meth:`set_epoch`).
     budget : MemoryBudget, optional
         Decoded windows are cached under it in each worker.
 
     Items are dicts: ``hap_1``, ``hap_2`` (masked tokens, int64 [L]), ``label_1``, ``label_2``
-    (allele token ids at masked sites, -100 elsewhere), ``mask`` (bool [L]), ``af`` (float32
-    [L]), ``window_idx`` and ``sample_idx``.
+    (allele token ids at masked sites where the target's allele is known, -100 elsewhere),
+    ``mask`` (bool [L]: the sites masked for both haplotypes), ``af`` (float32 [L]),
+    ``window_idx`` and ``sample_idx``.
+
+    On an aligned target, reference sites the target lacks are masked for every item (and have
+    no label), and a genotype missing in the input is masked in its haplotype only (its token is
+    the mask token; ``mask`` stays the per-site mask). The exact backend retrieves for any
+    masks; a FAISS index set must be built with this dataset's masks
+    (:meth:`window_mask`), and a haplotype with its own missing genotypes has a mask no index
+    was built with, which the FAISS backend refuses (:class:`~vcfstore.errors.StaleIndexError`).
     """
 
     def __init__(
         self,
-        target: PanelStore,
-        schedule: MaskSchedule,
+        target: PanelStore | AlignedTarget,
+        schedule: MaskSchedule | None = None,
         *,
         reference: PanelStore | None = None,
+        mode: str = "train",
         epoch: int = 0,
         rate: float = 0.3,
         budget: MemoryBudget | None = None,
     ) -> None:
-        self.target, self.reference = target, reference or target
-        if self.reference is not target:
-            if target.n_sites != self.reference.n_sites or not np.array_equal(
-                target.positions, self.reference.positions
-            ):
-                raise VcfstoreError("the target and reference stores must hold the same sites (positions differ)")
-            if not np.array_equal(target.windows, self.reference.windows):
-                raise VcfstoreError("the target and reference stores must have the same windows")
-        self.schedule, self.budget = schedule, budget
+        if mode not in ("train", "impute"):
+            raise ArgumentError(f"mode must be 'train' or 'impute', not {mode!r}")
+        if mode == "train" and schedule is None:
+            raise ArgumentError("mode='train' masks by a MaskSchedule: pass schedule (or use mode='impute')")
+        self.target = target
+        self.aligned = target if isinstance(target, AlignedTarget) else None
+        if self.aligned is not None:
+            if reference is not None and reference is not self.aligned.reference:
+                raise ArgumentError("an aligned target brings its reference; do not pass another one")
+            self.reference = self.aligned.reference
+        else:
+            assert isinstance(target, PanelStore)
+            self.reference = reference or target
+            if self.reference is not target:
+                _check_same_sites(target, self.reference)
+        self.schedule, self.mode, self.budget = schedule, mode, budget
         self.n_samples = target.n_haplotypes // 2
         self.set_epoch(epoch, rate)
         self._cache: WindowCache | None = None
+        self._aligned_windows: LruCache[tuple[np.ndarray, np.ndarray]] | None = None
+
+    @property
+    def n_windows(self) -> int:
+        """The reference's windows: items are numbered ``window * n_samples + sample``."""
+        return self.reference.n_windows
 
     def set_epoch(self, epoch: int, rate: float | None = None) -> None:
         """Move to another epoch (and curriculum rate): masks change, deterministically."""
@@ -77,15 +109,33 @@ class TargetDataset(Dataset):
             self.rate = rate
 
     def __len__(self) -> int:
-        return self.n_samples * self.target.n_windows
+        return self.n_samples * self.n_windows
 
     def budget_needs(self) -> int:
         """Bytes a worker needs on top of what it holds when it starts: the largest decoded window.
 
         A split :class:`MemoryBudget` checks each worker's share against it when the worker starts.
         """
-        windows = self.target.windows
-        return int((windows[:, 1] - windows[:, 0]).max()) * self.target.n_haplotypes
+        windows = self.reference.windows
+        per_site = 2 if self.aligned is not None else 1  # an aligned window keeps its missing flags too
+        return int((windows[:, 1] - windows[:, 0]).max()) * self.target.n_haplotypes * per_site
+
+    def window_mask(self, w: int, epoch: int | None = None, rate: float | None = None) -> np.ndarray:
+        """bool [max_seq_len]: the sites of window ``w`` masked for every item (at this epoch and rate).
+
+        The masks to build a FAISS index set with for this dataset.
+        """
+        ref = self.reference
+        if self.mode == "train":
+            assert self.schedule is not None
+            epoch = self.epoch if epoch is None else epoch
+            mask = self.schedule.window_mask(ref, w, epoch, self.rate if rate is None else rate)
+        else:
+            mask = np.zeros(ref.max_seq_len, dtype=bool)
+        if self.aligned is not None:
+            sites = ref.window_sites(w)
+            mask[1 : len(sites) + 1] |= self.aligned.site_missing[sites.start : sites.stop]
+        return mask
 
     # --- checkpointing (torchdata's Stateful protocol) -------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -98,7 +148,7 @@ class TargetDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_cache"] = None
+        state["_cache"] = state["_aligned_windows"] = None
         return state
 
     def __getitem__(self, index: int | ItemKey) -> dict[str, Any]:
@@ -113,23 +163,60 @@ class TargetDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"item {index} out of range [0, {len(self)})")
         w, s = divmod(int(index), self.n_samples)
-        if self._cache is None:
-            self._cache = WindowCache(self.target, self.budget, max_windows=2)
-        mask = self.schedule.window_mask(self.reference, w, epoch, rate)
-        complete = self._cache.tokens(w, rows=np.array([2 * s, 2 * s + 1]))
-        masked = complete.copy()
-        masked[:, mask] = self.target.vocab.mask
-        labels = np.where(mask[None, :], complete, IGNORE_INDEX)
+        rows = np.array([2 * s, 2 * s + 1])
+        ref = self.reference
+        mask = self.window_mask(w, epoch, rate)
+        if self.aligned is None:
+            if self._cache is None:
+                self._cache = WindowCache(self.target, self.budget, max_windows=2)  # type: ignore[arg-type]
+            complete = self._cache.tokens(w, rows=rows)
+            unknown = np.zeros(complete.shape, dtype=bool)
+        else:
+            alleles, missing = self._aligned_window(w)
+            complete = layout_tokens(alleles[rows], ref.max_seq_len, ref.vocab)
+            unknown = np.zeros(complete.shape, dtype=bool)
+            unknown[:, 1 : missing.shape[1] + 1] = missing[rows]
+        hidden = mask[None, :] | unknown  # masked: the window's mask, and each haplotype's missing genotypes
+        masked = np.where(hidden, ref.vocab.mask, complete)
+        labels = np.where(hidden & ~unknown, complete, IGNORE_INDEX)  # no label where the truth is unknown
         return {
             "hap_1": torch.from_numpy(masked[0]),
             "hap_2": torch.from_numpy(masked[1]),
             "label_1": torch.from_numpy(labels[0]),
             "label_2": torch.from_numpy(labels[1]),
             "mask": torch.from_numpy(mask),
-            "af": torch.from_numpy(self.reference.window_af(w)),
+            "af": torch.from_numpy(ref.window_af(w)),
             "window_idx": w,
             "sample_idx": s,
         }
+
+    def _aligned_window(self, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """The aligned target's (alleles, missing) of window ``w`` for every haplotype, cached under the budget."""
+        assert self.aligned is not None
+        if self._aligned_windows is None:
+            self._aligned_windows = LruCache("aligned target windows", self.budget, max_entries=2)
+        found = self._aligned_windows.get(w)
+        if found is None:
+            nbytes = 2 * self.aligned.n_haplotypes * len(self.reference.window_sites(w))
+            self._aligned_windows.admit(anon=nbytes, what=f"reading window {w} of the aligned target")
+            found = self.aligned.window(w)
+            self._aligned_windows.put(w, found, anon=nbytes)
+        return found
+
+
+def _check_same_sites(target: PanelStore, reference: PanelStore) -> None:
+    """A target store used as it is must hold the reference's sites (not just its positions) and windows."""
+    same = target.n_sites == reference.n_sites
+    if same:
+        t, r = target.site_table(), reference.site_table()
+        same = all(np.array_equal(t[c], r[c]) for c in ("contig", "position", "ref", "alt"))
+    if not same:
+        raise VcfstoreError(
+            "the target and reference stores hold different sites (contig, position, REF or ALT); "
+            "align the target first: TargetDataset(AlignedTarget(reference, target), ...)"
+        )
+    if not np.array_equal(target.windows, reference.windows):
+        raise VcfstoreError("the target and reference stores must have the same windows")
 
 
 class ItemKey(NamedTuple):
@@ -212,7 +299,7 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
     @classmethod
     def for_dataset(cls, dataset: TargetDataset, batch_size: int, **kwargs: Any) -> WindowGroupedBatchSampler:
         """A sampler over ``dataset`` whose items carry its epoch and rate."""
-        return cls(dataset.n_samples, dataset.target.n_windows, batch_size, dataset=dataset, **kwargs)
+        return cls(dataset.n_samples, dataset.n_windows, batch_size, dataset=dataset, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:  # a resumed epoch keeps its position; another one starts afresh

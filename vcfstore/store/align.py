@@ -135,7 +135,7 @@ class AlignedTarget:
         self.reference = reference if isinstance(reference, PanelStore) else PanelStore(reference)
         target = _open_target(target, policy, self.reference)
         n_ref = self.reference.n_sites
-        matcher = _Matcher(self.reference, contig_aliases or {})
+        matcher = SiteMatcher(self.reference.site_table(), self.reference.contigs, contig_aliases or {})
         self.target_index = np.full(n_ref, -1, dtype=np.int64)
         self.flipped = np.zeros(n_ref, dtype=bool)
         self.samples = np.asarray(target.samples)
@@ -179,7 +179,7 @@ class AlignedTarget:
     def __repr__(self) -> str:
         return f"AlignedTarget({self.n_haplotypes} haplotypes on {self.reference!r}: {self.report})"
 
-    def _read_source(self, source: SiteSource, matcher: _Matcher, block_sites: int) -> int:
+    def _read_source(self, source: SiteSource, matcher: SiteMatcher, block_sites: int) -> int:
         """Stream a site source, keep its aligned sites (recoded), and pack them in reference order."""
         ref_sites, target_sites, flips, columns, gaps = [], [], [], [], []
         n_target = 0
@@ -357,19 +357,34 @@ def _loose(name: str) -> str:
     return "mt" if n == "m" else n
 
 
-class _Matcher:
-    """Finds each target site's reference site by (contig, position, REF, ALT), REF/ALT swaps allowed."""
+class SiteMatcher:
+    """Finds each of some sites' reference site by (contig, position, REF, ALT), REF/ALT swaps allowed.
 
-    def __init__(self, reference: PanelStore, aliases: Mapping[str, str]) -> None:
-        ref = reference.site_table()
-        runs = reference.contigs
+    Parameters
+    ----------
+    reference_sites : dict of arrays
+        The reference's ``contig``, ``position``, ``ref`` and ``alt`` columns, in store order
+        (as :meth:`PanelStore.site_table` gives them).
+    contig_runs : list of (name, first, stop)
+        The reference's contigs in store order, positions sorted within each.
+    aliases : mapping
+        Other contig name -> reference contig name, used before the automatic matching.
+    """
+
+    def __init__(
+        self,
+        reference_sites: Mapping[str, np.ndarray],
+        contig_runs: list[tuple[str, int, int]],
+        aliases: Mapping[str, str],
+    ) -> None:
+        runs = contig_runs
         contig_idx = np.repeat(np.arange(len(runs), dtype=np.int64), [stop - first for _, first, stop in runs])
         # Contig runs are in store order and positions sorted within each, so the keys are sorted.
-        self.keys = (contig_idx << _POS_BITS) | ref["position"].astype(np.int64)
-        self.ref = np.char.upper(ref["ref"])
-        self.alt = np.char.upper(ref["alt"])
+        self.keys = (contig_idx << _POS_BITS) | np.asarray(reference_sites["position"]).astype(np.int64)
+        self.ref = np.char.upper(np.asarray(reference_sites["ref"], dtype=str))
+        self.alt = np.char.upper(np.asarray(reference_sites["alt"], dtype=str))
         self.contigs = _ContigMap([name for name, _, _ in runs], aliases)
-        self.taken = np.zeros(reference.n_sites, dtype=bool)
+        self.taken = np.zeros(len(self.keys), dtype=bool)
         self.counts = {"dropped": 0, "allele_mismatch": 0, "duplicate": 0}
 
     def align(

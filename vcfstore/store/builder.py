@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zarr
@@ -38,10 +38,11 @@ from vcfstore._lock import WriterLock
 from vcfstore._version import __version__
 from vcfstore.errors import ArgumentError, InputError, InputWarning, StoreError
 from vcfstore.sources import ArraySource, SiteBlock, SiteSource
+from vcfstore.store.af_table import choose_af
 from vcfstore.store.annotations import SampleAnnotations, group_frequencies
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
 from vcfstore.store.integrity import record_checksums
-from vcfstore.store.reader import PanelStore, read_store_attrs
+from vcfstore.store.reader import PanelStore, plain_strings, read_store_attrs
 from vcfstore.store.remote import RemoteBuild, is_url
 from vcfstore.store.vocab import Vocabulary
 from vcfstore.store.windows import check_window_size, check_windows, fixed_windows
@@ -61,7 +62,7 @@ def build_store(
     windows: np.ndarray | None = None,
     allow_overlap: bool = False,
     max_seq_len: int = 1030,
-    af_from: Literal["panel", "info"] | np.ndarray = "panel",
+    af_from: str | os.PathLike[str] | np.ndarray = "panel",
     vocab: Vocabulary | None = None,
     annotations: str | os.PathLike[str] | SampleAnnotations | None = None,
     chunk_sites: int = DEFAULT_CHUNK_SITES,
@@ -97,8 +98,11 @@ def build_store(
         Accept explicit windows that share sites.
     max_seq_len : int
         Token length of a window: ``[SOS] sites [EOS] pad``; windows hold at most this minus 2.
-    af_from : "panel", "info" or array [n_sites]
-        Allele frequency computed from the panel, read from the input's INFO/AF, or supplied.
+    af_from : "panel", "info", array [n_sites] or path
+        Allele frequency computed from the panel, read from the input's INFO/AF, or supplied:
+        as an array or ``.npy`` file of one value per kept site, or as a TSV/CSV table by
+        (contig, position, REF, ALT) that must cover every kept site (see
+        :mod:`vcfstore.store.af_table`).
     annotations : path or SampleAnnotations, optional
         A 1000 Genomes ``.panel`` file (``sample pop super_pop gender``): stored with the
         samples, and a per-super-population frequency table (hom-ref, het, hom-alt, AF) is
@@ -144,24 +148,7 @@ def build_store(
                 "or --overlap); use allow_overlap (--allow-overlap) for a table whose windows share sites"
             )
         windows = check_windows(windows, max_sites, allow_overlap=allow_overlap)
-    supplied_af = None
-    af_source: str
-    if isinstance(af_from, np.ndarray) or not isinstance(af_from, str):
-        supplied_af = np.asarray(af_from, dtype=np.float32)
-        if supplied_af.ndim != 1:
-            raise InputError(f"the supplied allele frequencies have shape {supplied_af.shape}; expected [n_sites]")
-        bad = np.flatnonzero(~((supplied_af >= 0) & (supplied_af <= 1)))  # NaN fails both
-        if bad.size:
-            raise InputError(
-                f"the supplied allele frequencies hold {float(supplied_af[bad[0]]):g} at site {bad[0]} "
-                f"({bad.size} such): each must be a finite value in [0, 1]"
-            )
-        af_source = "supplied"
-    elif af_from in ("panel", "info"):
-        af_source = af_from
-    else:
-        raise InputError(f"af_from must be 'panel', 'info' or an array of frequencies, not {af_from!r}")
-
+    af = choose_af(af_from)
     if annotations is not None and not isinstance(annotations, SampleAnnotations):
         annotations = SampleAnnotations.from_panel_file(annotations, source.samples)
     described = source.describe()
@@ -170,8 +157,8 @@ def build_store(
         "window_size": window_size,
         "overlap": overlap,
         "windows_sha256": None if windows is None else hashlib.sha256(windows.tobytes()).hexdigest(),
-        "af_from": af_source,
-        "af_sha256": None if supplied_af is None else hashlib.sha256(supplied_af.tobytes()).hexdigest(),
+        "af_from": af.label,
+        "af_sha256": af.digest(),
         "policy": source.policy.to_dict(),
         "chunk_sites": chunk_sites,
         "haplotype_chunk": haplotype_chunk,
@@ -192,6 +179,9 @@ def build_store(
             writer = _Writer.open(out, source, described, params, force, annotations)
             try:
                 report = writer.run(source, block_sites, progress)
+                supplied_af = af.values
+                if af.table is not None:
+                    supplied_af = af.table.for_sites(writer.site_columns(), writer.runs)
                 if supplied_af is not None and len(supplied_af) != writer.sites:
                     raise InputError(
                         f"the supplied allele frequencies have {len(supplied_af)} entries; "
@@ -466,6 +456,13 @@ class _Writer:
             self.runs.append((c, start + i, start + i))
         name, first, _ = self.runs[-1]
         self.runs[-1] = (name, first, start + len(contigs))
+
+    def site_columns(self) -> dict[str, np.ndarray]:
+        """The written sites' contig names, positions, REF and ALT (for matching an AF table)."""
+        names = np.asarray([name for name, _, _ in self.runs] or [""])
+        alleles = {c: plain_strings(self.root[f"sites/{c}"][: self.sites]) for c in ("ref", "alt")}
+        contigs = names[np.asarray(self.root["sites/contig"][: self.sites])]
+        return {"contig": contigs, "position": np.asarray(self.root["sites/position"][: self.sites]), **alleles}
 
     def finish(self, windows: np.ndarray, supplied_af: np.ndarray | None, counts: Counter[str]) -> None:
         """Write the windows and mark the store complete (the last write of a build)."""

@@ -228,7 +228,7 @@ class PanelStore:
 
     @cached_property
     def samples(self) -> np.ndarray:
-        return _strings(self.root["samples"][:])
+        return plain_strings(self.root["samples"][:])
 
     @cached_property
     def positions(self) -> np.ndarray:
@@ -250,9 +250,9 @@ class PanelStore:
         return {
             "contig": names[contig_idx],
             "position": self.positions[sl],
-            "id": _strings(self.root["sites/id"][sl]),
-            "ref": _strings(self.root["sites/ref"][sl]),
-            "alt": _strings(self.root["sites/alt"][sl]),
+            "id": plain_strings(self.root["sites/id"][sl]),
+            "ref": plain_strings(self.root["sites/ref"][sl]),
+            "alt": plain_strings(self.root["sites/alt"][sl]),
             "af": self.af[sl],
         }
 
@@ -356,7 +356,7 @@ class PanelStore:
         }
 
 
-def _strings(values: np.ndarray) -> np.ndarray:
+def plain_strings(values: np.ndarray) -> np.ndarray:
     """Zarr's variable-length strings (NumPy StringDType) as a plain fixed-width str array."""
     return np.array(np.asarray(values).tolist(), dtype=str)
 
