@@ -62,7 +62,7 @@ def test_table_by_site_with_swaps_prefixes_order_and_extra_rows(tmp_path, panel)
         assert s.meta["params"]["af_from"] == f"table:{name}"
     # The table is part of the build's identity: another table is not resumed into this store.
     other = [(c, p, a, b, 0.25) for c, p, a, b, _ in rows]
-    with pytest.raises(vs.StoreError, match="another input or parameters|finished store"):
+    with pytest.raises(vs.StoreError, match=r"another input or parameters|finished store"):
         _build(tmp_path, panel, _write_table(tmp_path / "o.tsv", other), name="store_False")
 
 
@@ -117,7 +117,9 @@ def test_cli_af_from_a_table(tmp_path, panel):
     text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
     recs = [line.split("\t") for line in text.splitlines() if not line.startswith("#")]
     want = np.round(np.random.default_rng(1).random(len(recs)), 4)
-    table = _write_table(tmp_path / "af.csv", [(r[0], r[1], r[3], r[4], f) for r, f in zip(recs, want)], ",")
+    table = _write_table(
+        tmp_path / "af.csv", [(r[0], r[1], r[3], r[4], f) for r, f in zip(recs, want, strict=True)], ","
+    )
     r = CliRunner().invoke(main, ["build", str(vcf), str(tmp_path / "o"), "--af-from", str(table), "--quiet"])
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose(vs.open_store(tmp_path / "o").af, want, atol=1e-6)

@@ -212,3 +212,67 @@ def test_copy_of_real_file_has_same_identity(tmp_path, real_data):
     a = vs.VcfSource(real_data / "reference.vcf.gz").describe()
     b = vs.VcfSource(tmp_path / "copy.vcf.gz").describe()
     assert a["sha256"] == b["sha256"] and a["size"] == b["size"]
+
+
+def _random_records(rng: np.random.Generator, n: int, n_samples: int) -> tuple:
+    """Raw records with shared positions (split multiallelics), duplicates, non-SNVs and multi-ALT records."""
+    pos = np.cumsum(rng.choice([0, 0, 1, 1, 1, 5], n)) + 100
+    refs = [str(rng.choice(["A", "C", "G", "AT"], p=[0.4, 0.3, 0.2, 0.1])) for _ in range(n)]
+    alts = [[str(rng.choice(["C", "G", "T", "TTA", "c"]))] for _ in range(n)]
+    for i in np.flatnonzero(rng.random(n) < 0.03):
+        alts[i] = ["C", "T"]
+    gt = rng.integers(0, 2, (n, n_samples, 2), dtype=np.int16)
+    phased = np.ones((n, n_samples), dtype=bool)
+    af = [(float(x),) for x in rng.random(n)]
+    return ["1"] * n, pos.tolist(), [f"r{i}" for i in range(n)], refs, alts, gt, phased, af
+
+
+def test_whole_block_path_equals_record_by_record_path(monkeypatch):
+    """The filter's whole-block fast path keeps the same sites, counts and state as its record loop."""
+    from vcfstore.sources.policy import InputPolicy, RecordFilter
+
+    rng = np.random.default_rng(0)
+    decided: list[bool] = []
+    for trial in range(60):
+        policy = InputPolicy(
+            multiallelic=str(rng.choice(["split", "collapse"])),
+            non_snv=str(rng.choice(["skip", "keep"])),
+            duplicates="skip",
+        )
+        contigs, pos, ids, refs, alts, gt, phased, af = _random_records(rng, 400, 3)
+        if trial % 2:  # biallelic SNVs, distinct at shared positions (rarely not): the fast path's blocks
+            rank = [0] * len(pos)
+            for i in range(1, len(pos)):
+                rank[i] = rank[i - 1] + 1 if pos[i] == pos[i - 1] else 0
+            alts = [["CGTC"[r % 4] if rng.random() > 0.1 else "AT"] for r in rank]
+            refs = ["A"] * len(refs)
+        outs = []
+        for fast in (True, False):
+            f = RecordFilter(policy)
+            if fast:  # count the blocks it decides, and those among them with sites sharing a position
+                plain = f._plain_block
+
+                def counted(*args, plain=plain, f=f):
+                    before = f.counts["sites_sharing_a_position"]
+                    rows = plain(*args)
+                    if rows is not None:
+                        decided.append(f.counts["sites_sharing_a_position"] > before)
+                    return rows
+
+                monkeypatch.setattr(f, "_plain_block", counted)
+            else:
+                monkeypatch.setattr(f, "_plain_block", lambda *a, **k: None)
+            blocks = []
+            for s in range(0, 400, 50):  # blocks of 50 records: state carried across block edges
+                sl = slice(s, s + 50)
+                blocks.append(f(contigs[sl], pos[sl], ids[sl], refs[sl], alts[sl], gt[sl], phased[sl], af[sl]))
+            outs.append((blocks, dict(f.counts), f._site_pos, f._last_pos, set(f._site_alleles)))
+            monkeypatch.undo()
+        (fb, fc, *fs), (sb, sc, *ss) = outs
+        assert fc == sc and fs == ss
+        for a, b in zip(fb, sb, strict=True):
+            assert a.contigs == b.contigs and a.ids == b.ids and a.refs == b.refs and a.alts == b.alts
+            np.testing.assert_array_equal(a.positions, b.positions)
+            np.testing.assert_array_equal(a.alleles, b.alleles)
+            np.testing.assert_array_equal(a.info_af, b.info_af)
+    assert len(decided) > 50 and sum(decided) > 20  # the fast path ran, on shared positions too

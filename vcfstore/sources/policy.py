@@ -109,10 +109,16 @@ class RecordFilter:
         n = len(positions)
         if gt.ndim != 3 or gt.shape[0] != n:
             raise InputError(f"genotype block has shape {gt.shape}; expected ({n}, n_samples, 2)")
-        missing = (gt == _MISSING).any(axis=(1, 2))
-        unphased_het = (~phased & (gt[:, :, 0] != gt[:, :, -1])).any(axis=1)
-        self.counts["unphased_homozygous_calls"] += int((~phased & (gt[:, :, 0] == gt[:, :, -1])).sum())
-        fast = self._plain_block(contigs, positions, refs, alts, gt, missing | unphased_het)
+        # One pass each says whether any call is missing (or padded) or unphased: usually none is,
+        # and the per-record flags are not needed.
+        negative, unphased = bool((gt < 0).any()), not phased.all()
+        missing = (gt == _MISSING).any(axis=(1, 2)) if negative else np.zeros(n, dtype=bool)
+        unphased_het, unphased_hom = np.zeros(n, dtype=bool), 0
+        if unphased:
+            unphased_het = (~phased & (gt[:, :, 0] != gt[:, :, -1])).any(axis=1)
+            unphased_hom = int((~phased & (gt[:, :, 0] == gt[:, :, -1])).sum())
+        self.counts["unphased_homozygous_calls"] += unphased_hom
+        fast = self._plain_block(contigs, positions, refs, alts, gt, missing | unphased_het, negative)
         if fast is not None:
             return self._block(contigs, positions, ids, refs, alts, gt, info_af, fast)
         out_rows: list[tuple[int, int]] = []  # (record index, ALT number or _ANY_ALT)
@@ -161,14 +167,17 @@ class RecordFilter:
         alts: Sequence[Sequence[str]],
         gt: np.ndarray,
         flagged: np.ndarray,
+        negative: bool,
     ) -> list[tuple[int, int]] | None:
         """The common block, decided with whole-block checks instead of a loop over records.
 
-        Every record on the current contig, one ALT each, positions strictly increasing, diploid,
-        no missing or unphased heterozygous call: no record can be a duplicate, an error or a
-        policy case other than the non-SNV one, so the records are counted and kept (SNVs, or
-        every record with ``non_snv="keep"``) in one step. Any other block returns None and takes
-        the record-by-record path, which names the offending record.
+        Every record on the current contig, one ALT each, positions not decreasing, diploid, no
+        missing or unphased heterozygous call, and no two kept sites alike at one position
+        (records sharing a position, as ``bcftools norm -m -any`` writes them, are compared
+        alone): no record can be an error or a policy case other than the non-SNV one, so the
+        records are counted and kept (SNVs, or every record with ``non_snv="keep"``) in one
+        step. Any other block returns None and takes the record-by-record path, which names the
+        offending record; both give the same sites, counts and state.
         """
         pos = np.asarray(positions, dtype=np.int64)
         if (
@@ -177,23 +186,38 @@ class RecordFilter:
             or flagged.any()
             or contigs[0] != self._contig
             or contigs.count(contigs[0]) != len(contigs)
-            or pos[0] <= self._last_pos
-            or (len(pos) > 1 and not (np.diff(pos) > 0).all())
+            or pos[0] < self._last_pos
+            or (len(pos) > 1 and (np.diff(pos) < 0).any())
             or any(len(a) != 1 or a[0] in ("", ".") for a in alts)
-            or (gt == _VECTOR_END).any()
+            or (negative and (gt == _VECTOR_END).any())
         ):
             return None
         if self.policy.non_snv == "keep":
-            keep = [True] * len(pos)
+            kept = np.arange(len(pos))
         else:
-            keep = [_is_snv(r, a[0]) for r, a in zip(refs, alts, strict=True)]
-        rows = [(i, 1) for i, k in enumerate(keep) if k]
+            kept = np.flatnonzero([_is_snv(r, a[0]) for r, a in zip(refs, alts, strict=True)])
+        kept_pos = pos[kept]
+        # Kept sites at the position of the kept site before them (the first one compared with
+        # the sites the last block kept at its last position).
+        before = np.concatenate([[self._site_pos if self._site_alleles else -1], kept_pos[:-1]])
+        shared = np.flatnonzero(kept_pos == before)
+        at_position = {self._site_pos: set(self._site_alleles)}
+        members = np.union1d(shared, shared - 1)
+        for j in members[members >= 0].tolist():  # only the sites that share a position
+            key = _site_key(refs[kept[j]], alts[kept[j]], 1)
+            seen = at_position.setdefault(int(kept_pos[j]), set())
+            if key in seen:
+                return None  # a duplicate site: the record-by-record path decides
+            seen.add(key)
+        last = int(pos[-1])
+        carried = self._site_alleles if last == self._site_pos else set()
+        self._site_alleles = carried | {_site_key(refs[i], alts[i], 1) for i in kept[kept_pos == last].tolist()}
+        self._last_pos = self._site_pos = last
         self.counts["records"] += len(pos)
-        if len(rows) < len(pos):
-            self.counts["skipped_non_snv"] += len(pos) - len(rows)
-        self._last_pos = self._site_pos = int(pos[-1])
-        self._site_alleles = {_site_key(refs[-1], alts[-1], 1)} if keep[-1] else set()
-        return rows
+        self.counts["sites_sharing_a_position"] += len(shared)
+        if len(kept) < len(pos):
+            self.counts["skipped_non_snv"] += len(pos) - len(kept)
+        return [(i, 1) for i in kept.tolist()]
 
     def _check_order(self, contig: str, pos: int, where: str) -> None:
         if contig != self._contig:
@@ -260,8 +284,12 @@ class RecordFilter:
             return SiteBlock([], np.zeros(0, np.int64), [], [], [], np.zeros((0, n_hap), np.uint8), None)
         idx = np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))
         alt_no = np.fromiter((k for _, k in rows), dtype=np.int16, count=len(rows))[:, None]
-        calls = gt[idx].reshape(len(rows), n_hap)
-        alleles = np.where(alt_no == _ANY_ALT, calls > 0, calls == alt_no).astype(np.uint8)
+        every = len(rows) == len(gt) and (idx == np.arange(len(gt))).all()
+        calls = (gt if every else gt[idx]).reshape(len(rows), n_hap)
+        if (alt_no == 1).all():  # biallelic sites (the common case): one comparison, viewed as 0/1 bytes
+            alleles = (calls == 1).view(np.uint8)
+        else:
+            alleles = np.where(alt_no == _ANY_ALT, calls > 0, calls == alt_no).astype(np.uint8)
         missing = (calls == _MISSING) if self.policy.missing == "mask" else None
         af = None
         if info_af is not None:

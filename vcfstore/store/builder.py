@@ -237,6 +237,7 @@ class _Writer:
         self.counts: Counter[str] = Counter(state["counts"])
         self.chunk_sites: int = meta["params"]["chunk_sites"]
         self.resumed_from: int | None = self.sites or None
+        self.capacity = self.sites  # sites the arrays have room for (more than written while building)
 
     @classmethod
     def open(
@@ -352,13 +353,24 @@ class _Writer:
 
     def _truncate(self) -> None:
         """Cut every array back to the committed sites (a killed build may have written more)."""
+        self._resize(self.sites)
+
+    def _resize(self, n_sites: int) -> None:
+        """Give every site-indexed array room for ``n_sites`` sites (chunks beyond are deleted)."""
         alleles = self.root["alleles"]
-        alleles.resize((alleles.shape[0], (self.sites + 7) // 8))
+        alleles.resize((alleles.shape[0], (n_sites + 7) // 8))
         for name in SITE_COLUMNS:
-            self.root[f"sites/{name}"].resize((self.sites,))
+            self.root[f"sites/{name}"].resize((n_sites,))
         if "frequencies" in self.root:
             freq = self.root["frequencies"]
-            freq.resize((*freq.shape[:2], self.sites))
+            freq.resize((*freq.shape[:2], n_sites))
+        self.capacity = n_sites
+
+    def _reserve(self, n_sites: int) -> None:
+        """Room for ``n_sites`` sites, grown geometrically: each resize rewrites every array's metadata."""
+        if n_sites > self.capacity:
+            grown = max(n_sites, 2 * self.capacity)
+            self._resize(-(-grown // self.chunk_sites) * self.chunk_sites)
 
     def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:
         """Stream the source into the store, skipping sites already committed."""
@@ -412,9 +424,8 @@ class _Writer:
         run_of = {name: i for i, (name, _, _) in enumerate(self.runs)}
         contig_idx = np.asarray([run_of[c] for c in block.contigs], dtype=np.int16)
         packed = np.packbits(block.alleles.T, axis=1)
-        alleles = self.root["alleles"]
-        alleles.resize((alleles.shape[0], (start + n + 7) // 8))
-        alleles[:, start // 8 :] = packed
+        self._reserve(start + n)
+        self.root["alleles"][:, start // 8 : start // 8 + packed.shape[1]] = packed
         af = block.alleles.mean(axis=1, dtype=np.float64).astype(np.float32)
         if self.meta["params"]["af_from"] == "info":
             if block.info_af is None or np.isnan(block.info_af).any():
@@ -437,13 +448,9 @@ class _Writer:
             "alt": np.asarray(block.alts, dtype=str),
         }
         for name, values in columns.items():
-            arr = self.root[f"sites/{name}"]
-            arr.resize((start + n,))
-            arr[start:] = values
+            self.root[f"sites/{name}"][start : start + n] = values
         if self.annotations is not None:
-            freq = self.root["frequencies"]
-            freq.resize((*freq.shape[:2], start + n))
-            freq[:, :, start:] = group_frequencies(block.alleles, self.annotations)
+            self.root["frequencies"][:, :, start : start + n] = group_frequencies(block.alleles, self.annotations)
         self.sites = start + n
         self.root.attrs[PROGRESS_KEY] = {"sites": self.sites, "runs": self.runs, "counts": counts}
 
@@ -468,6 +475,7 @@ class _Writer:
         """Write the windows and mark the store complete (the last write of a build)."""
         from zarr.codecs import ZstdCodec
 
+        self._resize(self.sites)  # the room grown while building goes
         if supplied_af is not None:
             self.root["sites/af"][:] = supplied_af
         if "windows" in self.root:
