@@ -281,7 +281,7 @@ def epoch(cfg: dict[str, Any]) -> dict[str, Any]:
     n = ds.n_samples
     times = {"data": 0.0, "augment": 0.0, "loss_backward_step": 0.0}
     batches = 0
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     for i, w in enumerate(cfg["windows"]):
         for s in range(0, n, cfg["batch_samples"]):
             t0 = time.perf_counter()
@@ -305,6 +305,7 @@ def epoch(cfg: dict[str, Any]) -> dict[str, Any]:
             "windows_run": i + 1,
             "batches_run": batches,
             "wall_s": time.perf_counter() - t_start,
+            "cpu_s": time.process_time() - cpu_start,  # this process's CPU time: what other jobs' load does not inflate
             **{f"{key}_s": v for key, v in times.items()},
             "plan": retr.compose_plan.reason if retr.compose_plan else None,
             "budget_refused": budget.report().get("refused", None),
