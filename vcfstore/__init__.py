@@ -38,6 +38,8 @@ from vcfstore.errors import (
 from vcfstore.memory import MemoryBudget, WindowCache
 from vcfstore.sources import ArraySource, InputPolicy, TreeSequenceSource, VcfSource, VcfZarrSource
 from vcfstore.store import (
+    AlignedTarget,
+    AlignmentReport,
     EpochMasks,
     MaskSchedule,
     PanelStore,
@@ -71,6 +73,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AlignedTarget",
+    "AlignmentReport",
     "ArgumentError",
     "ArraySource",
     "EpochMasks",
