@@ -179,7 +179,8 @@ def plan_partitions(
         return old
     if (old is not None or (work.is_dir() and any(work.iterdir()))) and not force:
         raise StoreError(
-            f"{work} holds a partition plan made with other arguments; pass force=True (--force) to replace it"
+            f"{work} holds a partition plan made with other arguments or another version of the input; "
+            "pass force=True (--force) to replace it"
         )
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
