@@ -212,7 +212,7 @@ def test_a_killed_or_failed_partition_is_redone(multi_vcf, tmp_path, monkeypatch
     # A killed run leaves its temporary directory (another pid): the rerun writes its own.
     leftover = work / ".part-00000.otherhost.1.tmp"
     leftover.mkdir()
-    (leftover / "batch-000000.npz").write_bytes(b"cut short")
+    (leftover / "batch-000000.npz.zst").write_bytes(b"cut short")
     calls = {"n": 0}
     real = part._write_batch
 

@@ -13,7 +13,7 @@ Modelled on bio2zarr's ``dexplode``/``dencode``, in three steps that can run on 
    moved past the records that share the position before it.
 2. :func:`build_partition` reads one part through the same :class:`InputPolicy` (so each part
    counts and skips exactly what a serial read of those records would) and writes its sites as
-   intermediate files (bit-packed alleles, Zstd level 1). Rerunning a finished part does nothing;
+   intermediate files (bit-packed alleles and site columns, Zstd level 1). Rerunning a finished part does nothing;
    a part whose process was killed is redone (a part becomes visible only by a rename once whole).
 3. :func:`finalise_partitions` feeds the parts' sites, in order, to :func:`build_store` through a
    source that concatenates them and sums their counts, so the store is written by the same code
@@ -450,14 +450,14 @@ def _check_continues(last: tuple[str, int], block: SiteBlock, contigs_done: set[
 
 
 def _write_batches(source: VcfSource | VcfZarrSource, part: Path, block_sites: int) -> tuple[list[str], int, int]:
-    """Stream the source's sites into ``batch-NNNNNN.npz`` files; returns (names, bytes, sites)."""
+    """Stream the source's sites into ``batch-NNNNNN.npz.zst`` files; returns (names, bytes, sites)."""
     names: list[str] = []
     pending: list[SiteBlock] = []
     n_bytes = n_sites = 0
 
     def flush() -> None:
         nonlocal n_bytes
-        name = f"batch-{len(names):06d}.npz"
+        name = f"batch-{len(names):06d}.npz.zst"
         n_bytes += _write_batch(part / name, pending)
         names.append(name)
         pending.clear()
@@ -475,6 +475,7 @@ def _write_batches(source: VcfSource | VcfZarrSource, part: Path, block_sites: i
 
 
 def _write_batch(path: Path, blocks: list[SiteBlock]) -> int:
+    """One batch of sites as an .npz archive compressed whole (Zstd level 1: these files live minutes)."""
     from numcodecs import Zstd
 
     alleles = np.concatenate([b.alleles for b in blocks])
@@ -484,31 +485,29 @@ def _write_batch(path: Path, blocks: list[SiteBlock]) -> int:
         "ids": np.asarray([x for b in blocks for x in b.ids], dtype=str),
         "refs": np.asarray([x for b in blocks for x in b.refs], dtype=str),
         "alts": np.asarray([x for b in blocks for x in b.alts], dtype=str),
-        "shape": np.asarray(alleles.shape, dtype=np.int64),
-        # Level 1: these files live minutes; the store's own Zstd 15 is paid once, at finalise.
-        "alleles": np.frombuffer(Zstd(level=1).encode(np.packbits(alleles, axis=1)), dtype=np.uint8),
+        "n_haplotypes": np.asarray(alleles.shape[1], dtype=np.int64),
+        "alleles": np.packbits(alleles, axis=1),
     }
     if all(b.info_af is not None for b in blocks):
         columns["info_af"] = np.concatenate([b.info_af for b in blocks if b.info_af is not None])
     buf = io.BytesIO()
     np.savez(buf, **columns)
-    atomic_write_bytes(path, buf.getvalue())
-    return buf.tell()
+    data = Zstd(level=1).encode(buf.getvalue())
+    atomic_write_bytes(path, data)
+    return len(data)
 
 
 def _read_batch(path: Path) -> SiteBlock:
     from numcodecs import Zstd
 
-    with np.load(path, allow_pickle=False) as z:
-        n, n_hap = (int(x) for x in z["shape"])
-        packed = np.frombuffer(Zstd().decode(z["alleles"].tobytes()), dtype=np.uint8).reshape(n, -1)
+    with np.load(io.BytesIO(Zstd().decode(path.read_bytes())), allow_pickle=False) as z:
         return SiteBlock(
             z["contigs"].tolist(),
             z["positions"],
             z["ids"].tolist(),
             z["refs"].tolist(),
             z["alts"].tolist(),
-            np.unpackbits(packed, axis=1, count=n_hap),
+            np.unpackbits(z["alleles"], axis=1, count=int(z["n_haplotypes"])),
             z["info_af"] if "info_af" in z else None,
         )
 
