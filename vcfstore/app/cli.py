@@ -225,7 +225,7 @@ def build(
         warnings.showwarning = _show_input_warning(warnings.showwarning)
         kwargs = _store_kwargs(window_size, overlap, windows_csv, allow_overlap, samples_panel, af_from, max_seq_len)
         input_policy = InputPolicy(**policy)  # type: ignore[arg-type]  # click checked the choices
-        common = {"force": force, "progress": not quiet, "storage_options": options}
+        common: dict[str, Any] = {"force": force, "progress": not quiet, "storage_options": options}
         if workers > 1:
             store = build_store_parallel(
                 input_path,

@@ -491,7 +491,7 @@ def _write_batch(path: Path, blocks: list[SiteBlock]) -> int:
     if all(b.info_af is not None for b in blocks):
         columns["info_af"] = np.concatenate([b.info_af for b in blocks if b.info_af is not None])
     buf = io.BytesIO()
-    np.savez(buf, **columns)
+    np.savez(buf, **columns)  # type: ignore[arg-type]  # the stub: a ** dict might fill allow_pickle
     data = Zstd(level=1).encode(buf.getvalue())
     atomic_write_bytes(path, data)
     return len(data)
@@ -619,7 +619,7 @@ def _zarr_partitions(path: Path, n: int) -> list[dict[str, Any]]:
     chunk = int(root["call_genotype"].chunks[0])
     n_chunks = -(-total // chunk)
     k = max(1, min(n, n_chunks))
-    cuts = []
+    cuts: list[int] = []
     for j in range(1, k):
         cut = round(j * n_chunks / k) * chunk
         # Records sharing a position (split multiallelic records, duplicates) stay in one part.
