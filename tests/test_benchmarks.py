@@ -85,3 +85,11 @@ def test_training_step_quick(tmp_path):
         "epoch_retrieval_k8_d192",
     }
     assert (tmp_path / "training_step_quick.png").stat().st_size > 10_000
+
+
+def test_partitioned_quick(tmp_path):
+    _run_quick("benchmarks.partitioned", tmp_path)
+    result = json.loads((tmp_path / "partitioned_quick.json").read_text())
+    (panel,) = result["panels"].values()
+    assert panel["identical_files"] and panel["serial"]["seconds"] > 0
+    assert panel["workers_2"]["finalise_s"] > 0 and sum(p["sites"] for p in panel["partitions"]) > 0

@@ -36,6 +36,11 @@ class VcfSource:
         What to do with records that are not phased, complete, biallelic SNVs.
     af_field : str
         INFO field read when the allele frequency comes from the input (``--af-from info``).
+    min_pos : int, optional
+        Leave out records whose POS is before this position. A region query also returns
+        records that start before the region and overlap it (deletions); a partitioned build
+        (:mod:`vcfstore.store.partitioned`) uses this so that every record belongs to the one
+        partition holding its POS.
     """
 
     def __init__(
@@ -45,9 +50,11 @@ class VcfSource:
         region: str | None = None,
         policy: InputPolicy | None = None,
         af_field: str = "AF",
+        min_pos: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.region = region
+        self.min_pos = min_pos
         self.policy = policy or InputPolicy()
         self.af_field = af_field
         if not self.path.is_file():
@@ -98,6 +105,8 @@ class VcfSource:
         buf: list[tuple] = []
         try:
             for rec in records:
+                if self.min_pos is not None and rec.POS < self.min_pos:
+                    continue
                 genotype = rec.genotype  # a new object at every access: read it once
                 if genotype is None:
                     raise InputError(f"record {rec.CHROM}:{rec.POS} has no GT field")

@@ -21,9 +21,17 @@ class VcfZarrSource:
     Reads ``call_genotype``, ``call_genotype_phased``, ``variant_position``, ``variant_contig``,
     ``contig_id``, ``variant_allele``, ``variant_id`` and ``sample_id`` in variant chunks. The
     frequency comes from ``variant_AF`` when the allele frequency is taken from the input.
+    ``variants`` (start, stop) reads only that range of variant indices (a partition of a
+    partitioned build, :mod:`vcfstore.store.partitioned`).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, policy: InputPolicy | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        policy: InputPolicy | None = None,
+        variants: tuple[int, int] | None = None,
+    ) -> None:
         import zarr
 
         self.path = Path(path)
@@ -35,6 +43,10 @@ class VcfZarrSource:
             raise InputError(f"{self.path}: not a VCF Zarr store ({e})") from None
         if self._gt.ndim != 3 or self._gt.shape[2] != 2:
             raise InputError(f"{self.path}: call_genotype has shape {self._gt.shape}; vcfstore needs diploid calls")
+        n = int(self._gt.shape[0])
+        self.variants = (0, n) if variants is None else (int(variants[0]), int(variants[1]))
+        if not 0 <= self.variants[0] <= self.variants[1] <= n:
+            raise InputError(f"{self.path}: variant range {self.variants} is outside the store's {n} variants")
         self.policy = policy or InputPolicy()
         self.filter = RecordFilter(self.policy)
 
@@ -47,16 +59,16 @@ class VcfZarrSource:
         return {"kind": "vcf-zarr", "name": self.path.name, "size": size, "sha256": h.hexdigest()}
 
     def expected_records(self) -> int | None:
-        return int(self._gt.shape[0])
+        return self.variants[1] - self.variants[0]
 
     def blocks(self, block_sites: int = 1024) -> Iterator[SiteBlock]:
         r: Any = self.root
         contig_names = [str(c) for c in r["contig_id"][:]]
-        n = self._gt.shape[0]
-        if n == 0:
+        first, n = self.variants
+        if self._gt.shape[0] == 0:
             raise InputError(f"{self.path}: the store has no variants")
         has_af = "variant_AF" in r
-        for start in range(0, n, block_sites):
+        for start in range(first, n, block_sites):
             sl = slice(start, min(start + block_sites, n))
             alleles = r["variant_allele"][sl]
             phased = (

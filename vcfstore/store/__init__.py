@@ -10,6 +10,7 @@ from vcfstore.store.annotations import SampleAnnotations, read_frequencies, read
 from vcfstore.store.builder import build_from_arrays, build_store
 from vcfstore.store.format import ATTR_KEY, STORE_FORMAT_VERSION
 from vcfstore.store.masks import EpochMasks, MaskSchedule, masks_version
+from vcfstore.store.partitioned import build_store_parallel
 from vcfstore.store.reader import PanelStore, open_store, read_store_attrs
 from vcfstore.store.vocab import Vocabulary, layout_site_tokens, layout_tokens, pad_sites
 from vcfstore.store.windows import check_windows, fixed_windows, read_windows_csv
@@ -26,6 +27,7 @@ __all__ = [
     "Vocabulary",
     "build_from_arrays",
     "build_store",
+    "build_store_parallel",
     "check_windows",
     "fixed_windows",
     "layout_site_tokens",
