@@ -6,11 +6,11 @@ import json
 
 from click.testing import CliRunner
 
-from tests.test_s3 import BUCKET, s3  # noqa: F401 - the server fixture
+from tests.conftest import BUCKET
 from vcfstore.app.cli import main
 
 
-def test_build_info_verify_on_s3(s3, real_data, tmp_path):  # noqa: F811 - the fixture
+def test_build_info_verify_on_s3(s3, real_data, tmp_path):
     runner = CliRunner()
     vcf = str(real_data / "reference.vcf.gz")
     options = json.dumps(s3.storage_options())
@@ -35,7 +35,7 @@ def test_build_info_verify_on_s3(s3, real_data, tmp_path):  # noqa: F811 - the f
     assert not (tmp_path / "parts").exists()  # the parts are removed once the store is uploaded
 
 
-def test_url_errors_are_one_line(s3, tmp_path):  # noqa: F811 - the fixture
+def test_url_errors_are_one_line(s3, tmp_path):
     runner = CliRunner()
     r = runner.invoke(main, ["info", f"s3://{BUCKET}/absent.vcfstore", "--storage-options", "{not json"])
     assert r.exit_code == 2 and "Invalid value for --storage-options: not a JSON object" in r.output

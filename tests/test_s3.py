@@ -19,25 +19,11 @@ import numpy as np
 import pytest
 
 import vcfstore as vs
+from tests.conftest import BUCKET
 from vcfstore.memory.meters import MemorySample
 from vcfstore.testing import LocalS3Server
 
-BUCKET = "panels"
 URL = f"s3://{BUCKET}/sim.vcfstore"
-
-
-@pytest.fixture(scope="session")
-def s3():
-    with pytest.MonkeyPatch.context() as env:
-        # Nothing but the local server: no AWS config or credentials files, no metadata service.
-        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        env.setenv("AWS_CONFIG_FILE", "/nonexistent/vcfstore-test")
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/vcfstore-test")
-        for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            env.delenv(name, raising=False)
-        with LocalS3Server() as server:
-            server.create_bucket(BUCKET)
-            yield server
 
 
 @pytest.fixture(scope="module")
