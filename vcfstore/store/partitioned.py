@@ -593,7 +593,9 @@ def _vcf_partitions(path: Path, n: int) -> list[dict[str, Any]]:
     try:
         from bio2zarr.vcf_utils import VcfFile
     except ImportError:
-        raise InputError("partitioned builds of VCF/BCF read the index with bio2zarr: pip install bio2zarr") from None
+        raise InputError(
+            "partitioned builds of VCF/BCF read the index with bio2zarr: pip install vcfstore[parallel] (or bio2zarr)"
+        ) from None
     try:
         with VcfFile(path) as vcf:
             regions = list(vcf.partition_into_regions(num_parts=n))
