@@ -1,0 +1,323 @@
+"""Biobank scale, small: sharded stores read as the arrays and as format 2 did, bulk tree-sequence
+decoding, the bounded-memory build (measured from outside), the exact search at N = 20,000 against
+a float64 brute force, the FAISS refusal, importing without zarr, and the exact search on CUDA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vcfstore as vs
+from tests.helpers import ROOT
+
+FORMAT2 = ROOT / "tests" / "data" / "format2.vcfstore"  # written by vcfstore 0.1.0 (format 2)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+cuda = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs these)")
+
+
+def _mosaic(n: int, n_sites: int, seed: int) -> np.ndarray:
+    """Haplotypes copied in runs of 50 sites from 8 founders with 1 % noise: many exact ties."""
+    rng = np.random.default_rng(seed)
+    founders = rng.integers(0, 2, (8, n_sites), dtype=np.uint8)
+    who = rng.integers(0, 8, (n, -(-n_sites // 50))).repeat(50, axis=1)[:, :n_sites]
+    return founders[who, np.arange(n_sites)] ^ (rng.random((n, n_sites)) < 0.01).astype(np.uint8)
+
+
+# --- the sharded layout -------------------------------------------------------------------------
+@pytest.mark.parametrize(("haplotype_chunk", "chunk_sites"), [(16, 64), (64, 128), (10_000, 2048)])
+def test_sharded_store_reads_as_the_arrays(sim_arrays, tmp_path, haplotype_chunk, chunk_sites):
+    alleles, positions = sim_arrays
+    store = vs.build_from_arrays(
+        alleles, positions, tmp_path / "s", window_size=300, chunk_sites=chunk_sites, haplotype_chunk=haplotype_chunk
+    )
+    assert store.meta["format_version"] == 3 and store.verify() == []
+    meta = json.loads((store.path / "alleles" / "zarr.json").read_text())
+    assert meta["codecs"][0]["name"] == "sharding_indexed"
+    assert meta["codecs"][0]["configuration"]["chunk_shape"] == [min(200, haplotype_chunk), chunk_sites // 8]
+    np.testing.assert_array_equal(store.read_alleles(0, store.n_sites), alleles)
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        start = int(rng.integers(0, store.n_sites))
+        stop = int(rng.integers(start, min(store.n_sites, start + 700) + 1))
+        rows = rng.integers(0, 200, int(rng.integers(1, 40)))  # any order, repeats
+        want = alleles[rows, start:stop]
+        np.testing.assert_array_equal(store.read_alleles(start, stop, rows), want)
+        np.testing.assert_array_equal(store.read_packed(start, stop, rows), np.packbits(want, axis=1))
+    for w in range(store.n_windows):
+        s = store.window_sites(w)
+        np.testing.assert_array_equal(store.window_packed(w), np.packbits(alleles[:, s.start : s.stop], axis=1))
+    # Zarr's own read of the same array, through the verifying store, agrees.
+    z = store.root["alleles"]
+    np.testing.assert_array_equal(np.unpackbits(z[:], axis=1)[:, : store.n_sites], alleles)
+    np.testing.assert_array_equal(z.oindex[[3, 150], 2:9], np.packbits(alleles, axis=1)[[3, 150], 2:9])
+
+
+def test_format2_stores_still_read_as_written():
+    import zarr
+
+    old = vs.open_store(FORMAT2)
+    assert old.meta["format_version"] == 2 and old.verify() == []
+    # The oracle: the file's bytes through plain Zarr, unpacked by hand.
+    raw = zarr.open_array(str(FORMAT2 / "alleles"), mode="r")[:]
+    alleles = np.unpackbits(raw, axis=1)[:, : old.n_sites]
+    np.testing.assert_array_equal(old.read_alleles(0, old.n_sites), alleles)
+    rows = np.array([5, 2, 5])
+    np.testing.assert_array_equal(old.window_alleles(1, rows), alleles[rows][:, old.window_sites(1)])
+
+
+def test_format2_and_format3_serve_the_same_windows(tmp_path):
+    old = vs.open_store(FORMAT2)
+    new = vs.build_from_arrays(
+        old.read_alleles(0, old.n_sites), old.positions, tmp_path / "s", window_size=250, haplotype_chunk=16
+    )
+    mask = np.zeros(old.max_seq_len, bool)
+    mask[1:40] = True
+    rows = np.arange(0, 40, 3)
+    for w in range(old.n_windows):
+        np.testing.assert_array_equal(new.window_tokens(w), old.window_tokens(w))
+        np.testing.assert_array_equal(new.window_tokens(w, rows, mask), old.window_tokens(w, rows, mask))
+        np.testing.assert_array_equal(new.window_af(w), old.window_af(w))
+
+
+def test_damage_inside_a_shard_is_caught_where_it_is_read(sim_arrays, tmp_path):
+    alleles, positions = sim_arrays
+    path = tmp_path / "s"
+    vs.build_from_arrays(alleles, positions, path, window_size=300, chunk_sites=256, haplotype_chunk=32)
+    shard = path / "alleles" / "c" / "0" / "1"
+    data = bytearray(shard.read_bytes())
+    n_inner = -(-200 // 32)
+    index = np.frombuffer(bytes(data[-(16 * n_inner + 4) : -4]), "<u8").reshape(-1, 2)
+    offset, nbytes = (int(x) for x in index[2])  # inner chunk 2: haplotypes 64..95
+    data[offset + nbytes // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+    store = vs.open_store(path)
+    sites = (256, 512)  # shard 1
+    np.testing.assert_array_equal(store.read_alleles(*sites, np.array([0, 100, 199])), alleles[[0, 100, 199], 256:512])
+    with pytest.raises(vs.StoreError, match=r"array alleles, chunk \(0, 1\), inner chunk 2 is damaged"):
+        store.read_alleles(*sites, np.array([70]))
+    with pytest.raises(vs.StoreError, match=r"array alleles, chunk \(0, 1\) is damaged"):
+        store.read_alleles(*sites)  # the whole shard: its file's digest
+    with pytest.raises(vs.StoreError, match=r"inner chunk 2 is damaged"):
+        store.root["alleles"].oindex[[70], 40:50]  # Zarr's own partial read, through the verifying store
+    assert any("chunk (0, 1)" in p for p in store.verify())
+    # A damaged index is caught before any of its offsets is used.
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(vs.StoreError, match=r"its shard index is damaged"):
+        vs.open_store(path).read_alleles(*sites, np.array([0]))
+
+
+# --- tree sequences -------------------------------------------------------------------------------
+def test_tree_sequence_source_decodes_in_bulk_like_the_genotype_matrix(tmp_path):
+    import msprime
+
+    ts = msprime.sim_ancestry(60, population_size=1e4, sequence_length=3e5, recombination_rate=1e-8, random_seed=3)
+    ts = msprime.sim_mutations(ts, rate=4e-8, random_seed=4)  # Jukes-Cantor: some sites have 3 or 4 alleles
+    g = ts.genotype_matrix()
+    n_alleles = np.array([v.num_alleles for v in ts.variants()])
+    assert (n_alleles > 2).any()
+    # Oracle: the split policy, one site per ALT allele.
+    want = np.array([g[i] == a for i, k in enumerate(n_alleles) for a in range(1, max(k, 2))], np.uint8)
+    nodes = np.arange(20, 100)
+    for kw, rows in (({}, slice(None)), ({"nodes": nodes}, nodes)):
+        source = vs.TreeSequenceSource(ts, **kw)
+        store = vs.build_store(source, tmp_path / f"s{len(kw)}", window_size=500, block_sites=37, progress=False)
+        np.testing.assert_array_equal(store.read_alleles(0, store.n_sites), want[:, rows].T)
+        assert store.meta["counts"]["split_multiallelic"] == int((n_alleles > 2).sum())
+        assert store.meta["counts"]["records"] == ts.num_sites
+
+
+_BUILD = """
+import json, sys, numpy as np, tskit, vcfstore as vs
+from vcfstore.memory.meters import StatmMeter
+ts = tskit.load(sys.argv[1])
+before = StatmMeter().read().anon
+vs.build_store(vs.TreeSequenceSource(ts), sys.argv[2], chunk_sites=512, block_sites=128, haplotype_chunk=1024,
+               zstd_level=3, progress=False)
+print(json.dumps({"before": before}))
+"""
+
+
+@pytest.mark.slow
+def test_build_from_a_tree_sequence_stays_in_its_memory_bound(tmp_path):
+    """40,000 haplotypes: the build's peak, sampled from outside, stays within the stated bound and
+    does not grow with the panel's length (2x the sites)."""
+    from vcfstore.simulate import simulate_panel
+    from vcfstore.store.builder import build_memory_bound
+    from vcfstore.testing import run_measured
+
+    n_hap = 40_000
+    bound = build_memory_bound(n_hap, chunk_sites=512, block_sites=128, source="tree-sequence")
+    peaks = []
+    for length in (2e5, 4e5):
+        ts_path = tmp_path / f"{length:.0f}.trees"
+        simulate_panel(n_hap // 2, length, seed=5).dump(ts_path)
+        run = run_measured([sys.executable, "-c", _BUILD, str(ts_path), str(tmp_path / f"{length:.0f}")], timeout=300)
+        assert run.returncode == 0, run.stderr
+        grew = run.peak_anon - json.loads(run.stdout)["before"]
+        peaks.append(grew)
+        assert grew < bound, f"the build took {grew / 1e6:.0f} MB, more than the bound {bound / 1e6:.0f} MB"
+    assert peaks[1] < peaks[0] * 1.25 + (8 << 20), peaks
+
+
+# --- exact search at N = 20,000 -------------------------------------------------------------------
+def test_exact_search_equals_brute_force_at_20k(tmp_path):
+    """48 masked held-out haplotypes against 20,000 of an msprime panel (few sites, D = 16)."""
+    import torch
+
+    from vcfstore.retrieval import VcfBertEmbedding
+    from vcfstore.simulate import simulate_panel
+
+    ts = simulate_panel(10_024, 20_000, seed=3)
+    n_hap = 20_000
+    source = vs.TreeSequenceSource(ts, nodes=np.arange(n_hap))
+    store = vs.build_store(source, tmp_path / "s", window_size=128, max_seq_len=130, progress=False)
+    held = ts.genotype_matrix(samples=np.arange(n_hap, n_hap + 48)).T.astype(np.uint8)[:, store.window_sites(0)]
+    assert len(store.window_sites(0)) > 64
+    mask = vs.MaskSchedule(1).window_mask(store, 0, 0, 0.5)
+    queries = vs.store.layout_tokens(held, store.max_seq_len, store.vocab, mask)
+    torch.manual_seed(0)
+    layer = VcfBertEmbedding(16, max_len=store.max_seq_len)
+    retriever = vs.Retriever(store, layer, k=8, backend="exact", forward_kwargs={"pos": True})
+    dist, idx = retriever.search(0, queries)
+
+    # Brute force: every reference embedded masked like the queries, float64 distances.
+    with torch.no_grad():
+        layer.eval()
+        af = torch.as_tensor(store.window_af(0))[None]
+        q = layer(torch.as_tensor(queries), af=af.expand(48, -1), pos=True).double().reshape(48, -1)
+        d = torch.empty((48, n_hap), dtype=torch.float64)
+        for s in range(0, n_hap, 2000):
+            ref = torch.as_tensor(store.window_tokens(0, np.arange(s, min(s + 2000, n_hap)), mask))
+            r = layer(ref, af=af.expand(len(ref), -1), pos=True).double().reshape(len(ref), -1)
+            d[:, s : s + len(ref)] = torch.cdist(q, r) ** 2
+    d = d.numpy()
+    want = np.lexsort((np.broadcast_to(np.arange(n_hap), d.shape), d), axis=-1)[:, :8]  # ties: lowest index
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(d, want, 1), rtol=1e-5, atol=1e-3)
+    # Exact ties (identical haplotypes at the unmasked sites) occur here, and went to the lowest index.
+    assert any(len(np.unique(row)) < len(row) for row in np.take_along_axis(d, want, 1))
+
+
+# --- the FAISS backend at scale: refused up front ---------------------------------------------------
+def test_index_set_build_refuses_an_index_it_cannot_hold(sim_store, tmp_path, monkeypatch):
+    import vcfstore.index.index_set as index_set
+    from vcfstore.retrieval import PositionwiseEmbedding
+
+    layer = PositionwiseEmbedding(8, max_len=sim_store.max_seq_len)
+    masks = vs.MaskSchedule(1).at(sim_store, 0, 0.3)
+    L = sim_store.max_seq_len
+    per_window = 200 * L * 8 * 4
+    monkeypatch.setattr(index_set, "MAX_WINDOW_INDEX_BYTES", per_window - 1)
+    want = rf"one window needs 200 haplotypes x {L} x 8 x 4 bytes = {per_window / 1e6:.1f} MB"
+    with pytest.raises(vs.IndexSetError, match=want):
+        vs.IndexSet.build(sim_store, layer, tmp_path / "ix", masks, "flat", progress=False)
+    assert not list((tmp_path / "ix").glob("*.faiss"))
+    monkeypatch.setattr(index_set, "MAX_WINDOW_INDEX_BYTES", 64 << 30)
+    free = shutil.disk_usage(tmp_path)._replace(free=per_window)
+    monkeypatch.setattr(index_set.shutil, "disk_usage", lambda _: free)
+    with pytest.raises(vs.IndexSetError, match=r"for \d+ windows; 6\.6 MB free in .*backend='exact'"):
+        vs.IndexSet.build(sim_store, layer, tmp_path / "ix", masks, "flat", progress=False)
+    # fp16 halves the need: one window's index fits now.
+    monkeypatch.setattr(index_set, "MAX_WINDOW_INDEX_BYTES", per_window // 2)
+    monkeypatch.setattr(index_set.shutil, "disk_usage", lambda _: free._replace(free=1 << 40))
+    built = vs.IndexSet.build(sim_store, layer, tmp_path / "ix2", masks, "fp16", windows=[0], progress=False)
+    assert built.manifest.windows
+
+
+# --- the GPU path needs torch and numpy only ---------------------------------------------------------
+_BLOCKED = ("zarr", "numcodecs", "msprime", "tskit", "faiss", "cyvcf2", "bio2zarr", "psutil", "matplotlib")
+
+
+def test_exact_search_and_the_gpu_benchmark_import_without_zarr_or_faiss():
+    code = (
+        f"import sys, runpy\nfor m in {_BLOCKED!r}: sys.modules[m] = None\n"
+        "import vcfstore, vcfstore.retrieval.exact_search\n"
+        "sys.argv = ['scale', '--gpu-only', '--sizes', '100']\n"
+        "runpy.run_module('benchmarks.scale', run_name='__main__')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    import torch
+
+    if torch.cuda.is_available():
+        assert r.returncode == 0, r.stderr
+    else:  # a clear refusal, not an ImportError
+        assert r.returncode != 0 and "--gpu-only needs CUDA" in r.stderr, r.stderr
+        assert "ImportError" not in r.stderr and "ModuleNotFoundError" not in r.stderr
+
+
+@cuda
+@pytest.mark.parametrize("n", [2_000, 20_000])
+def test_exact_search_on_cuda_equals_cpu(n):
+    import torch
+
+    from vcfstore.retrieval import ExactSearcher, VcfBertEmbedding
+    from vcfstore.store.vocab import Vocabulary, layout_tokens
+
+    n_sites, vocab = 300, Vocabulary()
+    alleles = _mosaic(n + 48, n_sites, seed=n)
+    refs, held = alleles[:n], alleles[n:]
+    af = np.zeros(n_sites + 2, np.float32)
+    af[1:-1] = refs.mean(0)
+    mask = np.zeros(n_sites + 2, bool)
+    mask[1:-1] = np.random.default_rng(0).random(n_sites) < 0.5
+    queries = layout_tokens(held, n_sites + 2, vocab, mask)
+    out = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        layer = VcfBertEmbedding(64, max_len=n_sites + 2).to(device)
+        searcher = ExactSearcher(layer, {"pos": True}, device=device)
+        out[device] = searcher.search(refs, queries, 8, max_seq_len=n_sites + 2, vocab=vocab, ref_af=af)
+    np.testing.assert_array_equal(out["cuda"][1], out["cpu"][1])
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-5)
+
+
+@cuda
+def test_exact_search_on_cuda_equals_brute_force_with_ties():
+    import torch
+
+    from vcfstore.retrieval import ExactSearcher, VcfBertEmbedding
+    from vcfstore.store.vocab import Vocabulary, layout_tokens
+
+    n, n_sites, vocab = 3_000, 200, Vocabulary()
+    alleles = _mosaic(n + 16, n_sites, seed=7)
+    refs, held = alleles[:n], alleles[n:]
+    af = np.zeros(n_sites + 2, np.float32)
+    af[1:-1] = refs.mean(0)
+    mask = np.zeros(n_sites + 2, bool)
+    mask[1:-1] = np.random.default_rng(1).random(n_sites) < 0.6
+    queries = layout_tokens(held, n_sites + 2, vocab, mask)
+    torch.manual_seed(0)
+    layer = VcfBertEmbedding(32, max_len=n_sites + 2).to("cuda")
+    _, idx = ExactSearcher(layer, {"pos": True}, device="cuda").search(
+        refs, queries, 8, max_seq_len=n_sites + 2, vocab=vocab, ref_af=af
+    )
+    with torch.no_grad():
+        layer.eval()
+        cpu = layer.cpu()
+        a = torch.as_tensor(af)[None]
+        q = cpu(torch.as_tensor(queries), af=a.expand(16, -1), pos=True).double().reshape(16, -1)
+        r = cpu(torch.as_tensor(layout_tokens(refs, n_sites + 2, vocab, mask)), af=a.expand(n, -1), pos=True)
+        d = (torch.cdist(q, r.double().reshape(n, -1)) ** 2).numpy()
+    want = np.lexsort((np.broadcast_to(np.arange(n), d.shape), d), axis=-1)[:, :8]
+    np.testing.assert_array_equal(idx, want)
+
+
+def test_gpu_check_script_parses_and_installs_nothing():
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    assert "benchmarks.scale --gpu-only" in script and "-k cuda" in script
+    assert not any(word in script for word in ("pip ", "conda ", "apt-get", "uv "))
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")]).returncode == 0
