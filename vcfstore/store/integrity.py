@@ -289,7 +289,7 @@ class VerifyingStore(WrapperStore[LocalStore]):
         async def everything() -> list[list[bytes]]:
             return list(await asyncio.gather(*(shard_chunks(k, w) for k, w in wanted.items())))
 
-        return dict(zip(wanted, sync(everything()), strict=True))
+        return dict(zip(wanted, sync(everything()), strict=True)) if wanted else {}
 
 
 def _bounds(r: ByteRequest, size: int) -> tuple[int, int]:

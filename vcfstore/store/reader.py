@@ -373,27 +373,29 @@ class ShardedAlleles:
     def read(self, first: int, last: int, rows: np.ndarray | None) -> np.ndarray:
         """Bytes [first, last) of ``rows`` (sorted, unique; None: all haplotypes): uint8 [n_rows, last - first]."""
         columns = range(first // self.width, (last - 1) // self.width + 1)
-        n_out = self.n_haplotypes if rows is None else len(rows)
-        out = np.empty((n_out, last - first), dtype=np.uint8)
-        if rows is None:
-            for c in columns:
-                lo, hi = max(first, c * self.width), min(last, (c + 1) * self.width)
-                data, index = self.store.read_shard(self._key(c))
-                view = memoryview(data)
-                for i in range(-(-self.n_haplotypes // self.rows)):
-                    offset, nbytes = int(index[i, 0]), int(index[i, 1])
-                    chunk = self._decode(view[offset : offset + nbytes], self._key(c), i)
-                    r0, r1 = i * self.rows, min(self.n_haplotypes, (i + 1) * self.rows)
-                    out[r0:r1, lo - first : hi - first] = chunk[: r1 - r0, lo - c * self.width : hi - c * self.width]
-            return out
-        which = np.unique(rows // self.rows)
-        got = self.store.read_inner_chunks({self._key(c): which.tolist() for c in columns})
+        n_inner = -(-self.n_haplotypes // self.rows)
+        which = list(range(n_inner)) if rows is None else np.unique(rows // self.rows).tolist()
+        # Most of a shard's inner chunks needed: one read of the whole file beats a read per chunk.
+        whole = [c for c in columns if 2 * len(which) > n_inner]
+        pieces = self.store.read_inner_chunks({self._key(c): which for c in columns if c not in whole})
+        out = np.empty((self.n_haplotypes if rows is None else len(rows), last - first), dtype=np.uint8)
         for c in columns:
+            key = self._key(c)
+            if c in whole:
+                data, index = self.store.read_shard(key)
+                view = memoryview(data)
+                got = [view[int(index[i, 0]) : int(index[i, 0] + index[i, 1])] for i in which]
+            else:
+                got = pieces[key]
             lo, hi = max(first, c * self.width), min(last, (c + 1) * self.width)
-            for i, data in zip(which.tolist(), got[self._key(c)], strict=True):
-                chunk = self._decode(data, self._key(c), i)[:, lo - c * self.width : hi - c * self.width]
-                sel = np.flatnonzero(rows // self.rows == i)
-                out[sel, lo - first : hi - first] = chunk[rows[sel] - i * self.rows]
+            for i, data in zip(which, got, strict=True):
+                chunk = self._decode(data, key, i)[:, lo - c * self.width : hi - c * self.width]
+                r0, r1 = i * self.rows, min(self.n_haplotypes, (i + 1) * self.rows)
+                if rows is None:
+                    out[r0:r1, lo - first : hi - first] = chunk[: r1 - r0]
+                else:
+                    sel = np.flatnonzero((rows >= r0) & (rows < r1))
+                    out[sel, lo - first : hi - first] = chunk[rows[sel] - r0]
         return out
 
 
