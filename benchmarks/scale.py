@@ -132,8 +132,9 @@ def _synthetic(n: int, n_sites: int, *, seed: int) -> tuple[np.ndarray, np.ndarr
         out = np.empty((m, n_sites), dtype=np.uint8)
         for s in range(0, m, 65536):  # in slices: the temporaries stay small at a million rows
             k = min(65536, m - s)
-            who = rng.integers(0, 64, (k, runs)).repeat(100, axis=1)[:, :n_sites]
-            out[s : s + k] = founders[who, np.arange(n_sites)] ^ (rng.random((k, n_sites)) < 0.005)
+            who = rng.integers(0, 64, (k, runs), dtype=np.int8).repeat(100, axis=1)[:, :n_sites]
+            noise = rng.random((k, n_sites), dtype=np.float32) < 0.005
+            out[s : s + k] = founders[who, np.arange(n_sites)] ^ noise
         return out
 
     alleles, held = mosaic(n), mosaic(N_QUERIES)
