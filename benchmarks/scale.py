@@ -20,8 +20,10 @@ and peak anonymous memory, each N in its own measured subprocess; a log-log plot
 against N.
 
 ``--gpu-only``: the same search on synthetic haplotypes (mosaics of 64 founders with 0.5 %
-noise, so that ties occur), on CUDA and on the CPU, checking that the indices agree; it needs
-torch and numpy only (no zarr, numcodecs, msprime or FAISS).
+noise, so that ties occur), on CUDA and on the CPU, compared (:func:`compare`: equal indices,
+and the same neighbours up to float32 rounding of the two devices' embeddings; the run fails
+if the latter does not hold); it needs torch and numpy only (no zarr, numcodecs, msprime or
+FAISS).
 """
 
 from __future__ import annotations
@@ -78,13 +80,33 @@ def _child_search(args: dict[str, Any]) -> dict[str, Any]:
     for device in args["devices"]:
         out[device] = _time_search(alleles, queries, af, max_seq_len, vocab, device, args["repeat"])
     out["anon_before_search"] = base
-    if len(args["devices"]) == 2:
-        a, b = (np.asarray(out[d].pop("indices")) for d in args["devices"])
-        out["indices_agree"] = bool(np.array_equal(a, b))
-        out["rows_differing"] = int((a != b).any(axis=1).sum())
-    else:
-        out[args["devices"][0]].pop("indices")
+    results = [out[d].pop("result") for d in args["devices"]]
+    if len(results) == 2:
+        out.update(compare(*results))
     return out
+
+
+def compare(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], rtol: float = 1e-5) -> dict[str, Any]:
+    """How two searches' (distances, indices) agree: exactly, and up to float32 rounding of the embeddings.
+
+    Two devices embed in float32 with different kernels, so references whose distances differ only
+    by that rounding (with VCF-Bert's layer, references at the same Hamming distance) may come in
+    another order. ``neighbours_agree``: the distances agree to ``rtol`` of the K-th distance and
+    every reference clearly nearer than the K-th (by more than that) is found by both.
+    """
+    (da, ia), (db, ib) = a, b
+    tol = rtol * np.maximum(da[:, -1:], db[:, -1:])  # per row, relative to the K-th distance (others may be 0)
+    distances = bool((np.abs(da - db) <= tol).all())
+    clear = True
+    for row in range(len(ia)):
+        kth = max(da[row, -1], db[row, -1]) - tol[row, 0]
+        clear &= set(ia[row][da[row] < kth]) == set(ib[row][db[row] < kth])
+    return {
+        "indices_agree": bool(np.array_equal(ia, ib)),
+        "rows_differing": int((ia != ib).any(axis=1).sum()),
+        "distances_agree": distances,
+        "neighbours_agree": bool(distances and clear),
+    }
 
 
 def _time_search(
@@ -98,21 +120,21 @@ def _time_search(
     layer = VcfBertEmbedding(D_MODEL, max_len=max_seq_len).to(device)
     searcher = ExactSearcher(layer, {"pos": True}, device=device)
 
-    def once() -> np.ndarray:
-        _, idx = searcher.search(alleles, queries, K, max_seq_len=max_seq_len, vocab=vocab, ref_af=af)
+    def once() -> tuple[np.ndarray, np.ndarray]:
+        found = searcher.search(alleles, queries, K, max_seq_len=max_seq_len, vocab=vocab, ref_af=af)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return idx
+        return found
 
     t = time.perf_counter()
-    idx = once()  # the first call checks the layer is position-wise and warms the kernels
+    found = once()  # the first call checks the layer is position-wise and warms the kernels
     first = time.perf_counter() - t
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         once()
         times.append(time.perf_counter() - t)
-    res = {"first_s": first, "best_s": min(times), "median_s": float(np.median(times)), "indices": idx.tolist()}
+    res = {"first_s": first, "best_s": min(times), "median_s": float(np.median(times)), "result": found}
     if device.startswith("cuda"):
         res["gpu"] = torch.cuda.get_device_name()
         res["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -353,13 +375,14 @@ def print_report(result: dict[str, Any]) -> None:
         for r in result.get(key, []):
             cells = [f"{r['n']:,}", f"{r['cpu']['best_s'] * 1e3:.1f}" if "cpu" in r else "-"]
             cells.append(f"{r['cuda']['best_s'] * 1e3:.1f}" if "cuda" in r else "-")
-            cells.append(str(r.get("indices_agree", "-")))
+            cells.append("-" if "indices_agree" not in r else f"{r['indices_agree']} / {r['neighbours_agree']}")
             cells.append(f"{r['peak_anon'] / 1e6:,.0f}")
             cells.append(f"{(r['peak_anon'] - r['anon_before_search']) / 1e6:,.0f}")
             cells.append(f"{r['window_bytes_packed'] / 1e6:,.1f} / {r['window_bytes_unpacked'] / 1e6:,.0f}")
             rows.append(cells)
         if rows:
-            hdr = ["N", "CPU ms", "CUDA ms", "CPU = CUDA", "peak MB", "search MB", "window MB packed / uint8"]
+            hdr = ["N", "CPU ms", "CUDA ms", "same indices / neighbours", "peak MB", "search MB"]
+            hdr.append("window MB packed / uint8")
             print(_table(f"\n{title} (48 queries, K = 8, best of runs)", hdr, rows))
 
 
@@ -433,8 +456,9 @@ def run_gpu(args: argparse.Namespace) -> list[dict[str, Any]]:
         r["n"] = n
         rows.append(r)
         print(
-            f"N={n:,}: cuda {r['cuda']['best_s'] * 1e3:.1f} ms, cpu {r['cpu']['best_s'] * 1e3:.1f} ms, "
-            f"indices agree: {r['indices_agree']}",
+            f"N={n:,}: cuda {r['cuda']['best_s'] * 1e3:.1f} ms, cpu {r['cpu']['best_s'] * 1e3:.1f} ms, indices "
+            f"equal: {r['indices_agree']} ({r['rows_differing']} of {N_QUERIES} rows differ), neighbours agree "
+            f"up to float32 rounding: {r['neighbours_agree']}",
             flush=True,
         )
     return rows
@@ -487,8 +511,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:  # matplotlib is optional on a GPU machine
         print("matplotlib is not installed: no plot")
     print(f"wrote {path}")
-    if any(not r["indices_agree"] for r in result.get("gpu", [])):
-        raise SystemExit("the exact search's indices on CUDA differ from the CPU's (see above)")
+    if any(not r["neighbours_agree"] for r in result.get("gpu", [])):
+        raise SystemExit("the exact search on CUDA found other neighbours than the CPU's (see above)")
     return result
 
 
