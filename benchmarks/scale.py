@@ -428,9 +428,10 @@ def run_stores(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         w = store.n_windows // 2
         q = work / f"queries{n}.npy"
         np.save(q, queries_for(ts_path, store, w, n))
+        repeat = args.repeat if n < 200_000 else min(args.repeat, 3)  # seconds a run there, on 2 cores
         search = _run_child(
             "search",
-            {"store": str(out), "window": w, "queries": str(q), "devices": ["cpu"], "repeat": args.repeat},
+            {"store": str(out), "window": w, "queries": str(q), "devices": ["cpu"], "repeat": repeat},
         )
         search["n"] = n
         result["search"].append(search)
