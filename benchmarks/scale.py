@@ -233,6 +233,7 @@ def layout_tradeoff(ts_path: Path, n_hap: int, heights: list[int], work: Path, r
     import tskit
 
     import vcfstore as vs
+    from vcfstore.store.builder import inner_chunk_rows
     from vcfstore.testing import best_time
 
     ts = tskit.load(ts_path)
@@ -249,7 +250,7 @@ def layout_tradeoff(ts_path: Path, n_hap: int, heights: list[int], work: Path, r
         w = min(1, store.n_windows - 1)
         out.append(
             {
-                "haplotype_chunk": min(h, n_hap),
+                "haplotype_chunk": inner_chunk_rows(n_hap, h),
                 "bits_per_genotype": store.disk_usage()["alleles"] * 8 / (n_hap * store.n_sites),
                 "build_s": build_s,
                 "window_ms": best_time(lambda s=store, w=w: s.window_alleles(w), repeat) * 1e3,

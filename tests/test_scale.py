@@ -36,8 +36,11 @@ def _mosaic(n: int, n_sites: int, seed: int) -> np.ndarray:
 
 
 # --- the sharded layout -------------------------------------------------------------------------
-@pytest.mark.parametrize(("haplotype_chunk", "chunk_sites"), [(16, 64), (64, 128), (10_000, 2048)])
-def test_sharded_store_reads_as_the_arrays(sim_arrays, tmp_path, haplotype_chunk, chunk_sites):
+@pytest.mark.parametrize(
+    ("haplotype_chunk", "chunk_sites", "inner"),
+    [(16, 64, 16), (64, 128, 64), (100, 256, 200), (10_000, 2048, 200)],  # up to 2x: one inner chunk
+)
+def test_sharded_store_reads_as_the_arrays(sim_arrays, tmp_path, haplotype_chunk, chunk_sites, inner):
     alleles, positions = sim_arrays
     store = vs.build_from_arrays(
         alleles, positions, tmp_path / "s", window_size=300, chunk_sites=chunk_sites, haplotype_chunk=haplotype_chunk
@@ -45,7 +48,7 @@ def test_sharded_store_reads_as_the_arrays(sim_arrays, tmp_path, haplotype_chunk
     assert store.meta["format_version"] == 3 and store.verify() == []
     meta = json.loads((store.path / "alleles" / "zarr.json").read_text())
     assert meta["codecs"][0]["name"] == "sharding_indexed"
-    assert meta["codecs"][0]["configuration"]["chunk_shape"] == [min(200, haplotype_chunk), chunk_sites // 8]
+    assert meta["codecs"][0]["configuration"]["chunk_shape"] == [inner, chunk_sites // 8]
     np.testing.assert_array_equal(store.read_alleles(0, store.n_sites), alleles)
     rng = np.random.default_rng(1)
     for _ in range(60):

@@ -109,8 +109,9 @@ def build_store(
     haplotype_chunk : int
         Haplotypes per inner chunk of a shard: a read of some haplotypes decodes only their
         inner chunks (at most ``haplotype_chunk * chunk_sites / 8`` bytes each), and taller
-        chunks compress better (similar haplotypes compress together). The README has the
-        measured trade-off.
+        chunks compress better (similar haplotypes compress together); a panel of up to twice
+        this many haplotypes keeps one inner chunk per shard (:func:`inner_chunk_rows`). The
+        README has the measured trade-off.
     zstd_level : int
         Zstd level of the allele chunks.
     block_sites : int
@@ -332,7 +333,7 @@ class _Writer:
         site_chunk = (params["chunk_sites"],)
         # One shard per chunk_sites sites holding every haplotype (so each commit writes whole
         # shards, never re-encoding one), split into inner chunks of haplotype_chunk haplotypes.
-        inner = min(n_hap, params["haplotype_chunk"])
+        inner = inner_chunk_rows(n_hap, params["haplotype_chunk"])
         root.create_array(
             "alleles",
             shape=(n_hap, 0),
@@ -569,6 +570,15 @@ class _Pending:
             self.alleles[: self.n],
             None if self.info_af is None else np.concatenate(self.info_af),
         )
+
+
+def inner_chunk_rows(n_haplotypes: int, haplotype_chunk: int) -> int:
+    """Haplotypes per inner chunk: ``haplotype_chunk``, or all of a panel of at most twice that.
+
+    Decoding a whole shard of a small panel costs little (2,048 haplotypes x 2,048 sites is
+    512 KB), while splitting it would cost compression.
+    """
+    return n_haplotypes if n_haplotypes <= 2 * haplotype_chunk else haplotype_chunk
 
 
 def build_memory_bound(

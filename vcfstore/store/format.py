@@ -6,7 +6,8 @@ Layout (format version 3)::
                                                             (np.packbits, big bit order); Zarr v3
                                                             shards of every haplotype x chunk_sites
                                                             sites, each split into inner chunks of
-                                                            haplotype_chunk haplotypes, Zstd; the
+                                                            haplotype_chunk haplotypes (one chunk
+                                                            up to twice that many), Zstd; the
                                                             shard index (at the end, CRC32C) gives
                                                             each inner chunk's bytes
     sites/position int64 [n_sites]      sites/contig int16 [n_sites] (index into attrs contigs)
