@@ -6,7 +6,7 @@ so peak memory is bounded by the chunk and block sizes, not by the panel's lengt
 (:func:`build_memory_bound`): per haplotype, ``1.5 * chunk_sites`` bytes (the pending sites as
 uint8, the packed shard and Zarr's copy of it) plus, per site of a source's block, 3 bytes from
 a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or arrays (int16
-genotypes with a phase column and the input filter's temporaries); plus 32 MB of codec, reader
+genotypes with a phase column and the input filter's temporaries); plus 64 MB of codec, reader
 and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
 sequence, that is 3.9 GB (the tree sequence itself comes on top).
 
@@ -49,7 +49,9 @@ DEFAULT_CHUNK_SITES = 2048
 DEFAULT_HAPLOTYPE_CHUNK = 1024
 DEFAULT_BLOCK_SITES = 1024
 DEFAULT_ZSTD_LEVEL = 15
-_FIXED_BUFFERS = 32 << 20  # Zstd at level 15, htslib and tskit's tree arrays (measured: 10-20 MB)
+# Zstd at level 15 in Zarr's encoding threads (their malloc arenas), htslib and tskit's tree arrays:
+# measured 10-46 MB whatever the panel's size.
+_FIXED_BUFFERS = 64 << 20
 _PER_CHUNK_SITE = 1.5  # bytes per haplotype and pending site: the site, the packed shard and its copy
 _PER_BLOCK_SITE = {"tree-sequence": 3, "vcf": 16}  # bytes per haplotype and site of a source's block
 # Every chunk is written, empty ones too, so a chunk missing from disk is always damage (never "all REF").
