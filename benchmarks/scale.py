@@ -392,6 +392,8 @@ def run_stores(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import vcfstore as vs
     from vcfstore.store.builder import build_memory_bound
 
+    from .common import write_result
+
     result: dict[str, Any] = {"stores": [], "search": [], "layout": []}
     for n in args.sizes:
         ts_path = work / f"panel{n}.trees"
@@ -437,6 +439,12 @@ def run_stores(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         search["n"] = n
         result["search"].append(search)
         print(f"  exact search {search['cpu']['best_s'] * 1e3:.1f} ms, peak {search['peak_anon'] / 1e6:,.0f} MB")
+        # What is measured so far, in case a later (larger) size does not finish.
+        write_result(
+            "scale_partial",
+            {"benchmark": "scale", "sizes_done": args.sizes[: len(result["search"])], **result},
+            args.out,
+        )
         for p in (ts_path, q):
             p.unlink()
         for p in (out, vcz, *work.glob("layout*")):  # the disk holds one size at a time
