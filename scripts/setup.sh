@@ -12,7 +12,7 @@ if ! python -c "import torch" 2>/dev/null; then
     # a multi-GB CUDA build.
     python -m pip install -q --disable-pip-version-check torch==2.13.0
 fi
-if ! python -c "import vcfstore, pytest, hypothesis, bio2zarr, matplotlib, pysam, mypy" 2>/dev/null \
+if ! python -c "import vcfstore, pytest, hypothesis, bio2zarr, matplotlib, pysam, mypy, s3fs, moto, torchdata" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.vcfstore-installed ]; then
     python -m pip install -q --disable-pip-version-check -e ".[test,bench]"
     touch .venv/.vcfstore-installed

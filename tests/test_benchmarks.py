@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
@@ -20,6 +22,7 @@ def _run_quick(module: str, out) -> None:
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_designs_quick(tmp_path):
     _run_quick("benchmarks.designs", tmp_path)
     result = json.loads((tmp_path / "designs_quick.json").read_text())
@@ -56,3 +59,41 @@ def test_scale_quick(tmp_path):
     assert all(s["reads"]["vcfstore_gather16_ms"] > 0 for s in stores)
     assert [r["n"] for r in result["search"]] == [200, 2000] and all(r["cpu"]["best_s"] > 0 for r in result["search"])
     assert (tmp_path / "scale_quick.png").stat().st_size > 10_000
+
+
+def test_ingest_quick(tmp_path):
+    _run_quick("benchmarks.ingest", tmp_path)
+    result = json.loads((tmp_path / "ingest_quick.json").read_text())
+    (panel,) = result["panels"].values()
+    assert panel["vcfstore build"]["seconds"] > 0 and panel["vcf2zarr convert -p 0"]["bytes"] > 0
+
+
+def test_object_storage_quick(tmp_path):
+    _run_quick("benchmarks.object_storage", tmp_path)
+    result = json.loads((tmp_path / "object_storage_quick.json").read_text())
+    reads = result["window_reads"]
+    assert {"local", "s3_uncached", "s3_cached_first_pass", "s3_cached_second_pass"} <= set(reads)
+    assert all(r["median_ms"] > 0 for r in reads.values()) and result["chunk_cache"]["hits"] > 0
+    assert result["fork_after_parent_read_by_client"]["fsspec"]["fork_after_parent_read"] == "ok"
+
+
+def test_training_step_quick(tmp_path):
+    _run_quick("benchmarks.training_step", tmp_path)
+    result = json.loads((tmp_path / "training_step_quick.json").read_text())
+    rows = result["per_batch"]["rows"]
+    assert all(row["agreement_with_original"] == 1.0 for row in rows)  # the same neighbours as the original
+    assert {row["mode"] for row in rows} == {"eval", "train"} and {row["k"] for row in rows} == {1, 8}
+    assert all(row["plan"].startswith(("eval mode", "verified")) for row in rows)  # composed in both modes
+    assert all(s["composed"] < s["direct"] for s in result["summary"]["saved_bytes"])
+    epochs = result["summary"]["epochs"]
+    assert len(epochs) == 2 and sum(not e["subset"] for e in epochs) == 1
+    assert all(e["batches_run"] > 0 and e["peak_anon"] > 0 and e["budget_refused"] == 0 for e in epochs)
+    assert {g["goal"] for g in result["summary"]["goals"]} == {
+        "search_k8_d192",
+        "augment_k8_d192",
+        "augment_k8_d384",
+        "augment_k1_d192",
+        "saved_bytes_k8_d192",
+        "epoch_retrieval_k8_d192",
+    }
+    assert (tmp_path / "training_step_quick.png").stat().st_size > 10_000

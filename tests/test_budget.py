@@ -405,8 +405,10 @@ def test_tree_counts_pages_shared_by_fork_once():
         child_rss = vs.memory.StatmMeter(child.pid).read().anon
         assert child_rss > 190e6  # the child maps the 200 MB ...
         assert tree.by_pid[child.pid] < 0.6 * child_rss  # ... and is charged about half of it
-        # the tree is charged the pages once: about the parent's RssAnon, not the two RssAnon summed
-        assert tree.total < parent_rss + 60e6 < parent_rss + child_rss - 100e6
+        # the pair is charged the pages once: about the parent's RssAnon, not the two RssAnon summed
+        # (other children of this process, e.g. a test server, are in the tree too: left out here)
+        pair = tree.by_pid[os.getpid()] + tree.by_pid[child.pid]
+        assert pair < parent_rss + 60e6 < parent_rss + child_rss - 100e6
         with vs.memory.TreePeakSampler(interval=0.01) as sampler:
             time.sleep(0.05)
         assert sampler.max_processes >= 2 and sampler.peak_total >= 200e6

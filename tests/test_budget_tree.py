@@ -47,7 +47,7 @@ class FirstBatchOfEachWindow(Sampler):
     def __iter__(self):
         seen = set()
         for batch in self.inner:
-            w = batch[0] // ds.n_samples
+            w = batch[0].index // ds.n_samples  # items carry (index, epoch, rate)
             if w not in seen:
                 seen.add(w)
                 yield batch
@@ -63,22 +63,16 @@ if budget is None:
 else:  # the main process takes its share now; fork workers are re-created each epoch, spawn ones persist
     kwargs = budget.dataloader_kwargs(n_workers, main_share=main_share, **options)
 loader = DataLoader(ds, batch_sampler=sampler, collate_fn=vs.collate, **kwargs)
-# The batch's working set, admitted before it is made: the exact search's temporaries (16
-# queries x references x packed sites, three of them), its distances, the retrieved embeddings
-# [2, B, K, L, D] and their autograd graph.
-packed = (store.max_seq_len + 7) // 8
-working = 3 * 16 * store.n_haplotypes * packed + 2 * B * store.n_haplotypes * 8
-working += 6 * 2 * B * K * store.max_seq_len * D * 4
 steps = 0
 for epoch in range(EPOCHS):
     sampler.inner.set_epoch(epoch)
     ds.set_epoch(epoch)
     for batch in loader:
-        with budget.reserve(working, "a batch's search, embeddings and graph") if budget else contextlib.nullcontext():
-            out = retriever.augment(batch)
-            loss = out["rag_emb_h1"].square().mean() + out["rag_emb_h2"].square().mean()
-            loss.backward()
-            del out
+        # The Retriever admits the batch's search temporaries and embeddings with its budget itself.
+        out = retriever.augment(batch)
+        loss = out["rag_emb_h1"].square().mean() + out["rag_emb_h2"].square().mean()
+        loss.backward()
+        del out
         opt.step()
         opt.zero_grad()
         steps += 1
@@ -86,7 +80,7 @@ print(json.dumps({"steps": steps, "report": budget.report() if budget else None}
 """
 
 LIMIT = 620e6  # the tree's ceiling
-MAIN_SHARE = 0.52  # main process 322 MB; two fork workers 149 MB each, or one spawn worker 298 MB
+MAIN_SHARE = 0.56  # main process 347 MB; two fork workers 136 MB each, or one spawn worker 273 MB
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +130,9 @@ def test_tree_stays_under_the_limit_with_fork_and_spawn_workers(panel):
             f"{_mb(unbudgeted.peak_tree_anon)}"
         )
         assert run.peak_tree_anon < LIMIT, figures
-        # RssAnon (sampled every 5 ms) is at least the main process's Pss_Anon (every 100 ms)
-        assert run.peak_root_pss_anon <= run.peak_anon < main_limit, figures
+        # RssAnon (sampled every 5 ms) is at least the main process's Pss_Anon (every 100 ms), up to
+        # the pages that change between two samples
+        assert run.peak_root_pss_anon <= run.peak_anon * 1.02 and run.peak_anon < main_limit, figures
 
 
 @pytest.mark.slow

@@ -72,6 +72,7 @@ def test_help_lists_commands():
     assert "--af-from" in r.output and "--region" in r.output and "--windows" in r.output
 
 
+@pytest.mark.slow
 def test_demo_small(tmp_path):
     r = CliRunner().invoke(
         main, ["demo", "--samples", "60", "--length", "1e6", "--out", str(tmp_path / "d"), "--train-steps", "12"]

@@ -155,3 +155,51 @@ def test_disk_full_index_build_fails_cleanly_and_resumes(sim_store, small_tmpfs)
     subprocess.run(["mount", "-o", "remount,size=100m", str(small_tmpfs)], check=True)
     resumed = IndexSet.build(sim_store, _layer(4), out, masks, progress=False)
     assert resumed.verify() == [] and sorted(resumed.manifest.windows) == list(range(sim_store.n_windows))
+
+
+_SLOW_BUILD = """
+import sys, time, torch, vcfstore as vs
+from vcfstore.index import IndexSet
+from vcfstore.retrieval.layers import PositionwiseEmbedding
+torch.manual_seed(0)
+inner = PositionwiseEmbedding(d_model=4)
+class Slow(torch.nn.Module):  # the same state dict as `inner`, a little slower per batch
+    def __init__(self):
+        super().__init__()
+        self.inner = inner
+    def forward(self, tokens, af=None):
+        time.sleep(0.02)
+        return self.inner(tokens, af=af)
+store = vs.open_store(sys.argv[2])
+IndexSet.build(store, Slow(), sys.argv[1], vs.MaskSchedule(3).at(store, 0, 0.4), progress=False, batch_rows=32)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_index_builds_at_random_points_then_resume_is_identical(sim_store, tmp_path):
+    import signal
+    import time
+
+    masks = vs.MaskSchedule(3).at(sim_store, 0, 0.4)
+    uninterrupted = IndexSet.build(sim_store, _layer(4), tmp_path / "fresh", masks, progress=False)
+    fresh = [uninterrupted.entry(w).sha256 for w in range(sim_store.n_windows)]
+    rng = np.random.default_rng(7)
+    for i, windows_done in enumerate(rng.integers(1, sim_store.n_windows - 1, size=3)):
+        out = tmp_path / f"k{i}"
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(out), str(sim_store.path)])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # kill mid-build, after some windows
+            try:
+                if len(json.loads((out / "manifest.json").read_text())["windows"]) >= windows_done:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0, 0.3)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        subprocess.run([sys.executable, "-c", _SLOW_BUILD, str(out), str(sim_store.path)], check=True, timeout=300)
+        resumed = IndexSet.open(out, sim_store)
+        assert resumed.verify() == [] and not list(out.glob(".*.tmp"))
+        digests = [resumed.entry(w).sha256 for w in range(sim_store.n_windows)]
+        assert digests == fresh  # every kill point ends in the files of an uninterrupted build

@@ -150,7 +150,8 @@ class _Counting(torch.nn.Module):
 def test_augment_shapes_gradients_and_lazy_encoding(sim_store):
     layer = _Counting(_layer(4))
     layer.train()
-    retr = vs.Retriever(sim_store, layer, k=3, backend="exact")
+    # the direct path (composed rows: tests/test_compose.py)
+    retr = vs.Retriever(sim_store, layer, k=3, backend="exact", compose="never")
     s = vs.MaskSchedule(2)
     b1 = _batch(sim_store, np.arange(12), 1, s.window_mask(sim_store, 1, 0, 0.4))
     b2 = _batch(sim_store, np.arange(40, 48), 4, s.window_mask(sim_store, 4, 0, 0.4))
@@ -240,6 +241,7 @@ def test_dataset_checks_sites(sim_store, real_pair):
         vs.TargetDataset(sim_store, vs.MaskSchedule(1), reference=ref)
 
 
+@pytest.mark.slow
 def test_training_example_learns(tmp_path):
     from vcfstore.app.train_example import split_panel, train
 

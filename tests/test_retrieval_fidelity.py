@@ -16,6 +16,7 @@ from tests.helpers import write_vcf
 from vcfstore.index import IndexSet
 from vcfstore.retrieval import ExactSearcher, PositionwiseEmbedding, VcfBertEmbedding, top_k
 from vcfstore.retrieval import embedding as embedding_module
+from vcfstore.retrieval import exact_search as es
 
 REGION = "20:1000000-1250000"  # the first ~1,800 sites of the real files
 SCHEDULE = vs.MaskSchedule(11)  # AF-guided: p = 0.7 where AF < 0.05, else the rate
@@ -134,6 +135,81 @@ def _old_faiss_rank(d: np.ndarray, i: np.ndarray, atol: np.ndarray, k: int) -> n
     d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
     key = np.round(d.astype(np.float64) / atol)
     return np.take_along_axis(i, np.argsort(key, axis=1, kind="stable")[:, :k], 1)
+
+
+def _searchers(layer, kwargs):
+    return {
+        "auto": ExactSearcher(layer, kwargs),
+        "matmul": ExactSearcher(layer, kwargs, method="matmul"),
+        "torch counts": ExactSearcher(layer, kwargs, engine="torch"),
+    }
+
+
+@pytest.mark.parametrize("name", ["vcfbert192", "positionwise192"])
+def test_count_bounds_torch_counts_and_full_sums_agree_bit_for_bit(sim_panels, name):
+    """The fast path (popcount bounds, exact sums of the survivors), its torch counting (the GPU path,
+    run on the CPU) and the exact sums of every reference give the same indices and distances."""
+    ref, tgt = sim_panels
+    factory, kwargs = LAYERS[name]
+    layer = factory()
+    w = 3
+    args = dict(max_seq_len=ref.max_seq_len, vocab=ref.vocab, ref_af=ref.window_af(w))
+    alleles = ref.window_alleles(w)
+    rng = np.random.default_rng(4)
+    shared = tgt.window_tokens(w, mask=SCHEDULE.window_mask(ref, w, 0, 0.3))
+    own = tgt.window_tokens(w)  # a different mask for every query, down to almost none unmasked (ties)
+    for i, rate in enumerate(np.linspace(0.05, 0.97, len(own))):
+        own[i, 1:101][rng.random(100) < rate] = ref.vocab.mask
+    for queries, qaf in ((shared, None), (own, None), (shared, tgt.window_af(w))):
+        for k in (1, 8, len(alleles)):
+            found = {
+                n: s.search(alleles, queries, k, query_af=qaf, **args) for n, s in _searchers(layer, kwargs).items()
+            }
+            for n in ("auto", "torch counts"):
+                np.testing.assert_array_equal(found[n][1], found["matmul"][1], err_msg=f"{n} k={k}")
+                np.testing.assert_array_equal(found[n][0], found["matmul"][0], err_msg=f"{n} k={k}")
+    s0, s1 = (
+        es.allele_counts(alleles, own[:, 1:101] == ref.vocab.allele0, own[:, 1:101] == ref.vocab.allele1, engine=e)
+        for e in ("numpy", "torch")
+    )
+    np.testing.assert_array_equal(s0, s1)
+    expect = ((own[:, None, 1:101] == ref.vocab.allele0) & (alleles[None] == 1)).sum(-1)  # brute-force count
+    np.testing.assert_array_equal(s0[0], expect)
+
+
+def test_popcount_threads_and_words():
+    """Counts over 64-bit words, split across threads, equal a plain count (odd sizes, sites past a word)."""
+    rng = np.random.default_rng(0)
+    for n_q, n_ref, n_sites in ((3, 5, 1), (40, 700, 130), (64, 2008, 455)):
+        a = rng.random((n_ref, n_sites)) < 0.4
+        q = rng.random((n_q, n_sites)) < 0.5
+        got = es.popcount_and(es.pack_words(q), np.ascontiguousarray(es.pack_words(a).T))
+        np.testing.assert_array_equal(got, q.astype(np.int64) @ a.T.astype(np.int64))
+
+
+def test_terms_are_cached_per_weights_version(sim_panels):
+    ref, tgt = sim_panels
+    layer = _vcfbert(16)
+    calls = []
+    layer.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    searcher = ExactSearcher(layer, POS)
+    q = tgt.window_tokens(2, rows=np.arange(8), mask=SCHEDULE.window_mask(ref, 2, 0, 0.5))
+    args = dict(max_seq_len=ref.max_seq_len, vocab=ref.vocab, ref_af=ref.window_af(2))
+    first = searcher.search(ref.window_alleles(2), q, 4, **args)
+    n = len(calls)
+    again = searcher.search(ref.window_alleles(2), q, 4, **args)
+    assert len(calls) == n and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    opt = torch.optim.SGD(layer.parameters(), lr=5.0)
+    layer.train()
+    loss = layer(torch.as_tensor(q[:2]), af=torch.ones(2, q.shape[1]), pos=True).square().sum()
+    loss.backward()
+    opt.step()  # an optimiser step changes the weights in place
+    layer.eval()
+    after = searcher.search(ref.window_alleles(2), q, 4, **args)
+    assert len(calls) > n + 1  # embedded again
+    fresh = ExactSearcher(layer, POS).search(ref.window_alleles(2), q, 4, **args)
+    np.testing.assert_array_equal(after[0], fresh[0])
+    assert not np.array_equal(after[0], first[0])
 
 
 @pytest.fixture(scope="module")

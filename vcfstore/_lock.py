@@ -40,29 +40,36 @@ class WriterLock:
     what : str
         What the holder is doing (shown to a second writer).
     error : type of VcfstoreError
-        Raised when another live writer holds the lock.
+        Raised when another live writer holds the lock (after ``wait`` seconds).
+    wait : float
+        How long to wait for a live holder to release the lock: for locks held a moment (a
+        manifest update), so that processes updating together take turns instead of failing.
     """
 
-    def __init__(self, path: Path, what: str, error: type[VcfstoreError]) -> None:
-        self.path, self.what, self.error = Path(path), what, error
+    def __init__(self, path: Path, what: str, error: type[VcfstoreError], *, wait: float = 0.0) -> None:
+        self.path, self.what, self.error, self.wait = Path(path), what, error, wait
         self._held = False
 
     def acquire(self) -> None:
         record = json.dumps(
             {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "what": self.what}
         ).encode()
-        for _ in range(3):
+        deadline, takeovers = time.monotonic() + self.wait, 0
+        while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if not self._take_over_stale():
-                    raise self.error(self._held_message()) from None
-                continue
+                if takeovers < 3 and self._take_over_stale():
+                    takeovers += 1
+                    continue
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                raise self.error(self._held_message()) from None
             with os.fdopen(fd, "wb") as f:
                 f.write(record)
             self._held = True
             return
-        raise self.error(self._held_message())
 
     def _holder(self) -> dict[str, object] | None:
         try:

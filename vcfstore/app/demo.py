@@ -26,7 +26,7 @@ def run_demo(
     """Simulate (or read) a panel, build a store, read it, retrieve under a budget, train briefly."""
     from vcfstore.app.display import print_store_info
     from vcfstore.simulate import TreeSequenceSource, simulate_panel
-    from vcfstore.sources import open_source
+    from vcfstore.sources import SiteSource, open_source
     from vcfstore.store.builder import build_store
     from vcfstore.store.masks import MaskSchedule
 
@@ -38,7 +38,7 @@ def run_demo(
                 f"1. simulating {n_samples} diploid samples over {sequence_length / 1e6:.1f} Mb "
                 f"with msprime (seed {seed})"
             )
-            source = TreeSequenceSource(simulate_panel(n_samples, sequence_length, seed=seed))
+            source: SiteSource = TreeSequenceSource(simulate_panel(n_samples, sequence_length, seed=seed))
         else:
             echo(f"1. reading {vcf_path}")
             source = open_source(vcf_path)
@@ -71,13 +71,15 @@ def run_demo(
 
         _retrieval(store, schedule, w, echo)
         if train_steps:
-            from vcfstore.app.train_example import split_panel, train
+            from vcfstore.app.train_example import split_store, train
 
+            ref, tgt = split_store(store, Path(tmp) / "train")
+            panel = vcf_path.name if vcf_path is not None else "the simulated panel"
             echo(
-                f"5. training a small VCF-Bert-like model with K=1 retrieval for {train_steps} steps "
-                "(240 reference and 60 target samples, windows of 128 sites)"
+                f"5. training a small VCF-Bert-like model with K=1 retrieval for {train_steps} steps on {panel}: "
+                f"{ref.n_haplotypes // 2} reference and {tgt.n_haplotypes // 2} target samples, {ref.n_sites} sites "
+                f"(positions {ref.positions[0]}..{ref.positions[-1]}) in {ref.n_windows} windows of up to 128 sites"
             )
-            ref, tgt = split_panel(Path(tmp) / "train")
             r = train(ref, tgt, steps=train_steps, log_every=max(1, train_steps // 6), echo=echo)
             echo(
                 f"   loss {r.first_loss:.4f} -> {r.last_loss:.4f}, masked-site accuracy {r.first_accuracy:.3f} -> "

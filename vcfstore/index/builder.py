@@ -200,7 +200,8 @@ class IndexBuild:
 
     def _merge_and_save(self) -> None:
         """Rewrite the manifest atomically, keeping windows other processes wrote meanwhile."""
-        with WriterLock(self.directory / f".{MANIFEST}.lock", "updating the manifest", IndexSetError):
+        # Held for a moment: processes that build windows of one set together take turns here.
+        with WriterLock(self.directory / f".{MANIFEST}.lock", "updating the manifest", IndexSetError, wait=60):
             if (self.directory / MANIFEST).exists():
                 on_disk = Manifest.load(self.directory)
                 if on_disk.store == self.manifest.store and on_disk.kind == self.manifest.kind:

@@ -560,11 +560,11 @@ class IndexSet:
         d, i = self.search(window, x, m)
         nets = [(d[j], i[j]) for j in range(len(x))]
         cut = d[:, k - 1] + 2 * e + n_ref * beta * (d[:, k - 1] + e)
-        short = np.flatnonzero(~(cut < d[:, m - 1])) if m < n_ref else []
+        short = np.flatnonzero(~(cut < d[:, m - 1])) if m < n_ref else np.zeros(0, np.int64)
         if len(short):
             d2, i2 = self.search(window, x[short], n_ref)
-            for s, j in enumerate(short):
-                nets[j] = (d2[s], i2[s])
+            for s, q in enumerate(short.tolist()):
+                nets[q] = (d2[s], i2[s])
         rows = []
         for j, (dj, ij) in enumerate(nets):
             if (ij < 0).any():

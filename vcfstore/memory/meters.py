@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -73,7 +74,41 @@ class StatmMeter:
             pass
 
 
-class PeakSampler:
+class _BackgroundSampler:
+    """Calls :meth:`sample` every ``interval`` seconds in a daemon thread until stopped or it returns None."""
+
+    interval: float
+    _thread_name = "vcfstore-sampler"
+
+    def sample(self) -> object | None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.sample() is None:
+                return
+            self._stop.wait(self.interval)
+
+    def start(self) -> Self:
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class PeakSampler(_BackgroundSampler):
     """A background thread that samples a process's memory and keeps the peaks.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. Sampling another
@@ -94,8 +129,6 @@ class PeakSampler:
         self.peak_rss = 0
         self.samples = 0
         self.timeline: list[tuple[float, int, int]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._t0 = 0.0
 
     def sample(self) -> MemorySample | None:
@@ -110,31 +143,15 @@ class PeakSampler:
         self.timeline.append((time.perf_counter() - self._t0, s.rss, s.anon))
         return s
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.sample() is None:
-                return
-            self._stop.wait(self.interval)
+    _thread_name = "vcfstore-peak-sampler"
 
-    def start(self) -> PeakSampler:
+    def start(self) -> Self:
         self._t0 = time.perf_counter()
-        self.sample()
-        self._thread = threading.Thread(target=self._run, name="vcfstore-peak-sampler", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sample()
+        super().stop()
         self.meter.close()
-
-    def __enter__(self) -> PeakSampler:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
 
 class PssMeter:
@@ -243,7 +260,7 @@ def tree_pss_anon(pid: int | None = None) -> TreeSample:
     return TreeSample(root, by_pid)
 
 
-class TreePeakSampler:
+class TreePeakSampler(_BackgroundSampler):
     """A background thread that samples a process tree's summed ``Pss_Anon`` and keeps the peaks.
 
     Measures a workload and its DataLoader workers from outside (as the budget tests do): one
@@ -270,8 +287,6 @@ class TreePeakSampler:
         self.peak_by_pid: dict[int, int] = {}
         self.max_processes = 0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def sample(self) -> TreeSample | None:
         """Take one reading now (None once the root process is gone)."""
@@ -286,26 +301,4 @@ class TreePeakSampler:
         self.samples += 1
         return s
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.sample() is None:
-                return
-            self._stop.wait(self.interval)
-
-    def start(self) -> TreePeakSampler:
-        self.sample()
-        self._thread = threading.Thread(target=self._run, name="vcfstore-tree-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sample()
-
-    def __enter__(self) -> TreePeakSampler:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+    _thread_name = "vcfstore-tree-sampler"

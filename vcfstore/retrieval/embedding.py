@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import inspect
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -117,12 +117,28 @@ class WeightsIdentity:
         self.embedding, self.forward_kwargs, self.weights_version = embedding, forward_kwargs, weights_version
         self._seen: tuple[tuple[int, int, int], ...] | None = None
         self._digest: str | None = None
+        self._pinned: list[torch.Tensor] = []
 
     def _fingerprint(self) -> tuple[tuple[int, int, int], ...]:
         if not isinstance(self.embedding, torch.nn.Module):
             return ()
-        tensors = itertools.chain(self.embedding.parameters(), self.embedding.buffers())
+        tensors = list(itertools.chain(self.embedding.parameters(), self.embedding.buffers()))
+        # Holding the tensors seen last keeps their ids from being reused by replacements.
+        self._pinned = tensors
         return tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+
+    def version(self) -> Hashable | None:
+        """A token equal between two calls exactly while none of the layer's tensors changed.
+
+        As cheap as :meth:`digest` is when nothing changed (no hashing of weights): for caches of
+        values computed from the weights. A module's tensors are always looked at (an explicit
+        ``weights_version`` only names them for index sets); a callable that is not a
+        ``torch.nn.Module`` is identified by its ``weights_version``, or not at all (None: cache
+        nothing).
+        """
+        if isinstance(self.embedding, torch.nn.Module):
+            return self._fingerprint()
+        return None if self.weights_version is None else ("user", self.weights_version)
 
     def digest(self) -> str:
         """The current digest (a cached one while no tensor of the layer has changed)."""
@@ -184,6 +200,24 @@ def eval_mode(layer: Embedding) -> Iterator[None]:
     finally:
         if module is not None and was_training:
             module.train()
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run a block's torch ops on one thread, then restore the thread count.
+
+    For the handful of rows a window's tables embed: split across threads, each op of a few
+    thousand values waits for the slowest thread, and on a busy machine that is a descheduled one
+    (measured on 2 cores under load: 50-140 ms for a 3-row table that one thread embeds in 5 ms).
+    """
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -29,14 +29,32 @@ sites: about 1e-8 at D = 192 and 1,000 sites, against a step of ``||e(0) - e(1)|
 integer keys: two tie only when their keys are equal, which identical alleles at the query's
 unmasked sites always give, and ties go to the lowest index. Nothing is merged by a tolerance.
 
-When the per-site terms are bitwise equal at every site (a layer whose output carries no
-position or AF term) the distance is ``c`` times the Hamming distance over unmasked sites and
-can be counted with popcount on bit-packed alleles (``method="popcount"``); otherwise one matrix
-product computes it.
+How the sums are found fast. A query's weights take two values per site up to rounding
+(``w_p ~ +c`` where the query holds allele 0, ``~ -c`` where it holds allele 1, 0 where masked),
+so counting is nearly all of the work: ``S0(q, r)`` and ``S1(q, r)``, the sites where the
+reference holds allele 1 and the query allele 0 or 1, are popcounts of 64-bit words of packed
+alleles (or one float32 matrix product of 0/1 values on a GPU: exact, the counts are small
+integers). They bound every key, ``S0 min w0 + S1 min w1 <= key <= S0 max w0 + S1 max w1``;
+a reference whose lower bound exceeds the K-th smallest upper bound (plus a margin far above
+the bounds' rounding) cannot be among the K nearest, and only the others, usually K plus the
+references tied with them, get the exact integer keys above. Ranking the survivors takes one
+small sort, not a sort of every row. When the per-site terms are bitwise equal at every site (a
+layer whose output carries no position or AF term) the key is ``c`` times the Hamming distance
+over unmasked sites and the counts are the whole answer (``method="popcount"``).
+
+Per window and weights version the per-site terms are computed once and cached: the weights
+version comes from the layer's tensors' identities and in-place version counters
+(:meth:`WeightsIdentity.version <vcfstore.retrieval.embedding.WeightsIdentity.version>`), so an
+optimiser step or ``load_state_dict`` is seen without hashing anything; the training path hands
+the table it embeds for composition to :meth:`ExactSearcher.prime` so it is not embedded twice.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +62,26 @@ import numpy as np
 import torch
 
 from vcfstore.errors import ArgumentError, NotPositionwiseError, VcfstoreError
-from vcfstore.retrieval.embedding import Embedding, embed, embedding_device, eval_mode
+from vcfstore.retrieval.embedding import (
+    Embedding,
+    WeightsIdentity,
+    embed,
+    embedding_device,
+    eval_mode,
+    single_threaded,
+)
 from vcfstore.store.vocab import layout_site_tokens
 
 METHODS = ("auto", "matmul", "popcount")
+ENGINES = ("auto", "numpy", "torch")
+# Windows of per-site terms kept per weights version (a few [L] float64 vectors each).
+TERMS_CACHE_WINDOWS = 64
+# Relative margin of the candidate bounds: far above their float64 rounding (a few 1e-16), far below a site's step.
+BOUND_MARGIN = 1e-9
+# Popcount work (query rows x references x words) from which the rows are split across threads. A
+# window-grouped batch (48 queries x 2,008 references x 8 words) stays on one thread: handing it to
+# two cost 3-6 ms of waking threads on a busy 2-core machine, more than the 1 ms the counting takes.
+THREADED_WORDS = 1 << 23
 
 
 @dataclass
@@ -71,6 +105,37 @@ class WindowTables:
         """[L]: ``||e_q(qv) - e_r(rv)||^2`` per position, in float64."""
         return ((self.query[qv] - self.ref[rv]) ** 2).sum(-1)
 
+    @classmethod
+    def from_rows(
+        cls, n_sites: int, vocab: Any, ref_rows: torch.Tensor, query_rows: torch.Tensor | None = None
+    ) -> WindowTables:
+        """Tables from the embeddings [3, L, D] of :func:`table_rows` (query side: the reference's by default)."""
+        check_finite(ref_rows, query_rows)
+        ref = ref_rows.detach().double()
+        q = ref if query_rows is None else query_rows.detach().double()
+        values = (vocab.mask, vocab.allele0, vocab.allele1)
+        return cls(n_sites, {v: q[i] for i, v in enumerate(values)}, {v: ref[i] for i, v in enumerate(values)})
+
+
+def check_finite(*rows: torch.Tensor | None) -> None:
+    """Refuse table rows holding NaN or infinite values."""
+    if not all(bool(torch.isfinite(t).all()) for t in rows if t is not None):
+        raise VcfstoreError("the embedding layer returned NaN or infinite values for this window")
+
+
+def table_rows(n_sites: int, max_seq_len: int, vocab: Any, values: tuple[int, ...] | None = None) -> np.ndarray:
+    """Tokens [len(values), L] of rows holding one token at every site, laid out as a window.
+
+    ``values`` defaults to the mask, allele 0 and allele 1 (:func:`allele_rows`: the two alleles).
+    """
+    v = np.asarray(values if values is not None else (vocab.mask, vocab.allele0, vocab.allele1))
+    return layout_site_tokens(np.repeat(v[:, None], n_sites, axis=1), max_seq_len, vocab)
+
+
+def allele_rows(n_sites: int, max_seq_len: int, vocab: Any) -> np.ndarray:
+    """Tokens [2, L] of the rows holding allele 0 and allele 1 at every site: all a complete row can hold."""
+    return table_rows(n_sites, max_seq_len, vocab, (vocab.allele0, vocab.allele1))
+
 
 @torch.no_grad()
 def window_tables(
@@ -84,17 +149,56 @@ def window_tables(
     device: torch.device,
 ) -> WindowTables:
     """Embed the constant-token rows of a window (eval mode, no dropout)."""
-    values = (vocab.mask, vocab.allele0, vocab.allele1)
-    rows = layout_site_tokens(np.repeat(np.asarray(values)[:, None], n_sites, axis=1), max_seq_len, vocab)
-    with eval_mode(layer):
+    rows = table_rows(n_sites, max_seq_len, vocab)
+    with eval_mode(layer), single_threaded():
         ref = embed(layer, rows, np.broadcast_to(ref_af, rows.shape), forward_kwargs=forward_kwargs, device=device)
-        q = ref
+        q = None
         if query_af is not None:
             q = embed(layer, rows, np.broadcast_to(query_af, rows.shape), forward_kwargs=forward_kwargs, device=device)
-    if not (bool(torch.isfinite(ref).all()) and bool(torch.isfinite(q).all())):
-        raise VcfstoreError("the embedding layer returned NaN or infinite values for this window")
-    ref, q = ref.double(), q.double()
-    return WindowTables(n_sites, {v: q[i] for i, v in enumerate(values)}, {v: ref[i] for i, v in enumerate(values)})
+    return WindowTables.from_rows(n_sites, vocab, ref, q)
+
+
+@dataclass(frozen=True)
+class SiteTerms:
+    """What a search needs of a window's tables: the per-position terms ``||e_q(a) - e_r(b)||^2``, float64 [L].
+
+    ``t[a][b]`` for a, b in {0, 1} (alleles) and ``mm`` for a position masked in both.
+    """
+
+    n_sites: int
+    t00: np.ndarray
+    t01: np.ndarray
+    t10: np.ndarray
+    t11: np.ndarray
+    mm: np.ndarray
+
+    @classmethod
+    def from_allele_rows(cls, n_sites: int, rows: torch.Tensor) -> SiteTerms:
+        """The terms when queries and references share their AF, from the embeddings [2, L, D] of :func:`allele_rows`.
+
+        Then both sides have one table: a token's term with itself is 0 (masked positions and
+        SOS/EOS/pad included) and ``t01 = t10 = ||e(0) - e(1)||^2``, so the mask row is not needed.
+        """
+        check_finite(rows)
+        r = rows.detach().double()
+        diff = ((r[0] - r[1]) ** 2).sum(-1).cpu().numpy()
+        zero = np.zeros_like(diff)
+        return cls(n_sites, zero, diff, diff, zero, zero)
+
+    @classmethod
+    def from_tables(cls, tables: WindowTables, vocab: Any) -> SiteTerms:
+        a0, a1 = vocab.allele0, vocab.allele1
+        pairs = ((a0, a0), (a0, a1), (a1, a0), (a1, a1), (vocab.mask, vocab.mask))
+        return cls(tables.n_sites, *(tables.term(q, r).cpu().numpy() for q, r in pairs))
+
+    def hamming_constant(self) -> float | None:
+        """``c`` if every site's terms are bitwise ``c * [a != b]`` (0 at specials), else None."""
+        n = self.n_sites
+        diff = np.concatenate([self.t01[1 : n + 1], self.t10[1 : n + 1]])
+        c = float(diff[0])
+        if c <= 0 or not (diff == c).all() or any(t.any() for t in (self.t00, self.t11, self.mm)):
+            return None
+        return c
 
 
 @torch.no_grad()
@@ -119,7 +223,7 @@ def check_positionwise(
     n = tables.n_sites
     site_tokens = rng.choice([vocab.mask, vocab.allele0, vocab.allele1], size=(rows, n))
     tokens = layout_site_tokens(site_tokens, max_seq_len, vocab)
-    with eval_mode(layer):
+    with eval_mode(layer), single_threaded():
         got = embed(layer, tokens, np.broadcast_to(ref_af, tokens.shape), forward_kwargs=forward_kwargs, device=device)
     got = got.double()
     composed = tables.ref[vocab.mask].expand(rows, -1, -1).clone()
@@ -177,47 +281,94 @@ def check_k(k: Any, n_ref: int) -> int:
     return int(k)
 
 
-def linear_form(tables: WindowTables, queries: np.ndarray, vocab: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base [n_q], w [n_q, n_sites]) with ``d(q_i, r) = base_i + alleles(r) @ w_i``."""
-    n, L = tables.n_sites, queries.shape[1]
-    q = torch.as_tensor(queries, device=tables.ref[vocab.mask].device)
-    t00, t01 = tables.term(vocab.allele0, vocab.allele0), tables.term(vocab.allele0, vocab.allele1)
-    t10, t11 = tables.term(vocab.allele1, vocab.allele0), tables.term(vocab.allele1, vocab.allele1)
-    tmm = tables.term(vocab.mask, vocab.mask)  # masked in both (SOS/EOS/pad rows are equal in every table)
-    sites = q[:, 1 : n + 1]
+def linear_form(terms: SiteTerms, queries: np.ndarray, vocab: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(base [n_q], w [n_q, n_sites]) in float64 with ``d(q_i, r) = base_i + alleles(r) @ w_i``."""
+    n, L = terms.n_sites, queries.shape[1]
+    sites = queries[:, 1 : n + 1]
     is1 = sites == vocab.allele1
     masked = sites == vocab.mask
-    base_site = torch.where(masked, tmm[1 : n + 1], torch.where(is1, t10[1 : n + 1], t00[1 : n + 1]))
-    w = torch.where(masked, 0.0, torch.where(is1, t11[1 : n + 1] - t10[1 : n + 1], t01[1 : n + 1] - t00[1 : n + 1]))
-    specials = torch.cat([tmm[:1], tmm[n + 1 : L]]).sum()
+    s = slice(1, n + 1)
+    base_site = np.where(masked, terms.mm[s], np.where(is1, terms.t10[s], terms.t00[s]))
+    w = np.where(masked, 0.0, np.where(is1, terms.t11[s] - terms.t10[s], terms.t01[s] - terms.t00[s]))
+    specials = terms.mm[0] + terms.mm[n + 1 : L].sum()  # SOS/EOS/pad rows are equal in every table
     return base_site.sum(1) + specials, w
 
 
-def exact_site_sums(w: torch.Tensor, alleles: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _integer_split(w: np.ndarray) -> tuple[np.ndarray, float, float, int]:
+    """``w`` [n_q, n_sites] on two power-of-two grids: (A and B stacked [n_q, 2, n_sites], g1, g2, b)."""
+    n_sites = w.shape[1]
+    b = 52 - int(np.ceil(np.log2(n_sites + 1)))
+    top = float(np.abs(w).max()) if w.size else 0.0
+    exp = np.frexp(top)[1] if top > 0 else 0  # top < 2^exp
+    g1, g2 = 2.0 ** (exp - b), 2.0 ** (exp - 2 * b)
+    a = np.round(w / g1)
+    lo_part = np.round((w - a * g1) / g2)  # w - a g1 is exact: |.| <= g1 / 2 on w's own grid
+    return np.stack([a, lo_part], axis=1), g1, g2, b
+
+
+def _normalise(hi: np.ndarray, lo: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    carry = np.floor(lo / 2.0**b)  # normalise lo into [0, 2^b): exact, all values are integers below 2^53
+    return hi + carry, lo - carry * 2.0**b
+
+
+def exact_site_sums(w: np.ndarray, alleles: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     """``alleles @ w.T`` as exact integer pairs: (hi, lo, g1, g2) with sum = hi g1 + lo g2, 0 <= lo < g1 / g2.
 
     Each ``w`` is split as ``A g1 + B g2`` (rounding at most ``g2 / 2``) with integers
     ``|A| <= 2^b`` and ``|B| <= 2^(b-1)``, ``b = 52 - ceil(log2(sites + 1))``: sums of at most
     ``sites`` of them stay below 2^53, so the float64 products are exact. ``(hi, lo)`` compare
-    lexicographically as the sums do.
+    lexicographically as the sums do. The grids depend only on ``w``, so the sums of any subset
+    of references (:func:`exact_pair_sums`) are those of the whole set.
     """
-    n_sites = w.shape[1]
-    b = 52 - int(np.ceil(np.log2(n_sites + 1)))
-    top = float(w.abs().max()) if w.numel() else 0.0
-    exp = np.frexp(top)[1] if top > 0 else 0  # top < 2^exp
-    g1, g2 = 2.0 ** (exp - b), 2.0 ** (exp - 2 * b)
-    a = torch.round(w / g1)
-    lo_part = torch.round((w - a * g1) / g2)  # w - a g1 is exact: |.| <= g1 / 2 on w's own grid
-    r = alleles.T.to(w.dtype)
-    hi, lo = (a @ r).cpu().numpy(), (lo_part @ r).cpu().numpy()
-    carry = np.floor(lo / 2.0**b)  # normalise lo into [0, 2^b): exact, all values are integers below 2^53
-    return hi + carry, lo - carry * 2.0**b, g1, g2
+    split, g1, g2, b = _integer_split(w)
+    r = torch.from_numpy(alleles).to(torch.float64)
+    # torch's float64 product (the sums are exact in any order); NumPy's BLAS threads stall on a busy machine
+    prod = (torch.from_numpy(split.reshape(-1, w.shape[1])) @ r.T).numpy().reshape(len(w), 2, -1)
+    hi, lo = _normalise(prod[:, 0], prod[:, 1], b)
+    return hi, lo, g1, g2
+
+
+def exact_pair_sums(
+    w: np.ndarray, alleles: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """:func:`exact_site_sums` for the pairs (query ``rows[i]``, reference ``cols[i]``) only: hi, lo [n_pairs].
+
+    ``rows`` must be sorted (as ``np.nonzero`` gives them): each query's references are summed
+    in one product.
+    """
+    split, g1, g2, b = _integer_split(w)
+    out = np.empty((len(rows), 2))
+    refs = alleles[cols].astype(np.float64)  # [n_pairs, sites]
+    bounds = np.searchsorted(rows, np.arange(len(w) + 1))
+    for i in range(len(w)):
+        s, e = bounds[i], bounds[i + 1]
+        if e > s:
+            out[s:e] = refs[s:e] @ split[i].T
+    hi, lo = _normalise(out[:, 0], out[:, 1], b)
+    return hi, lo, g1, g2
+
+
+def _first_k(rows: np.ndarray, cols: np.ndarray, hi: np.ndarray, lo: np.ndarray, k: int, n_rows: int) -> np.ndarray:
+    """Positions in the pair arrays of each row's k smallest ``(hi, lo)``, equal pairs by lowest column.
+
+    ``rows`` are the pairs' row numbers (every row has at least k pairs).
+    """
+    order = np.lexsort((cols, lo, hi, rows))
+    counts = np.bincount(rows, minlength=n_rows)
+    starts = np.cumsum(counts) - counts
+    return order[starts[:, None] + np.arange(k)]
 
 
 def rank_keys(hi: np.ndarray, lo: np.ndarray, k: int) -> np.ndarray:
-    """Per row the indices of the ``k`` smallest ``(hi, lo)`` pairs; equal pairs by lowest index."""
-    cols = np.broadcast_to(np.arange(hi.shape[1]), hi.shape)
-    return np.lexsort((cols, lo, hi), axis=-1)[:, :k]
+    """Per row the indices of the ``k`` smallest ``(hi, lo)`` pairs; equal pairs by lowest index.
+
+    A partial selection: the k-th smallest ``hi`` of each row bounds the candidates, and only
+    those (k and the entries tied with the k-th) are sorted.
+    """
+    kth = np.partition(hi, k - 1, axis=1)[:, k - 1 : k]
+    rows, cols = np.nonzero(hi <= kth)
+    pick = _first_k(rows, cols, hi[rows, cols], lo[rows, cols], k, len(hi))
+    return cols[pick]
 
 
 def top_k(dist: np.ndarray, k: int, atol: np.ndarray | float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -241,16 +392,122 @@ def top_k(dist: np.ndarray, k: int, atol: np.ndarray | float | None = None) -> t
     return np.take_along_axis(dist, idx, axis=1).astype(np.float32), idx.astype(np.int64)
 
 
-def hamming_constant(tables: WindowTables, vocab: Any) -> float | None:
-    """``c`` if every site's terms are bitwise ``c * [a != b]`` (0 at specials), else None."""
-    n = tables.n_sites
-    pairs = ((vocab.allele0, vocab.allele1), (vocab.allele1, vocab.allele0))
-    diff = torch.cat([tables.term(a, b)[1 : n + 1] for a, b in pairs])
-    same = torch.cat([tables.term(v, v) for v in (vocab.allele0, vocab.allele1, vocab.mask)])
-    c = float(diff[0])
-    if c <= 0 or not bool((diff == c).all()) or bool(same.any()):
+# --- counting ---------------------------------------------------------------------------------
+
+
+def pack_words(bits: np.ndarray) -> np.ndarray:
+    """Rows of booleans [n, m] as little-endian 64-bit words [n, ceil(m / 64)] (unused high bits 0)."""
+    packed = np.packbits(bits, axis=1, bitorder="little")
+    words = np.zeros((len(bits), -(-bits.shape[1] // 64) * 8), dtype=np.uint8)
+    words[:, : packed.shape[1]] = packed
+    return words.view(np.uint64)
+
+
+def _popcount_rows(q: np.ndarray, ref_t: np.ndarray, out: np.ndarray) -> None:
+    """``out[i, r] = popcount(q[i] & ref[r])`` word by word: temporaries of one [n_q, n_ref] word plane."""
+    tmp = np.empty(out.shape, dtype=np.uint64)
+    count = np.empty(out.shape, dtype=np.uint8)
+    out[:] = 0
+    for j in range(ref_t.shape[0]):
+        np.bitwise_and(q[:, j : j + 1], ref_t[j], out=tmp)
+        np.bitwise_count(tmp, out=count)
+        np.add(out, count, out=out)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool): made on first use
+
+
+def _threads() -> int:
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+
+
+def popcount_and(q: np.ndarray, ref_t: np.ndarray) -> np.ndarray:
+    """``popcount(q[i] & ref[r])`` for packed query rows ``q`` [n_q, words] and references ``ref_t`` [words, n_ref].
+
+    Large problems are split by query rows across threads (NumPy releases the GIL in these loops).
+    """
+    global _POOL
+    n_q, (words, n_ref) = len(q), ref_t.shape
+    out = np.empty((n_q, n_ref), dtype=np.uint16 if words * 64 < 2**16 else np.uint32)
+    threads = _threads()
+    if threads == 1 or n_q < 2 * threads or n_q * n_ref * words < THREADED_WORDS:
+        _popcount_rows(q, ref_t, out)
+        return out
+    if _POOL is None or _POOL[0] != threads:
+        _POOL = (threads, ThreadPoolExecutor(threads, thread_name_prefix="vcfstore-popcount"))
+    bounds = np.linspace(0, n_q, threads + 1).astype(int)
+    jobs = [_POOL[1].submit(_popcount_rows, q[a:b], ref_t, out[a:b]) for a, b in itertools.pairwise(bounds)]
+    for job in jobs:
+        job.result()
+    return out
+
+
+def allele_counts(
+    alleles: np.ndarray, q0: np.ndarray, q1: np.ndarray, *, engine: str = "numpy", device: Any = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(S0, S1)`` [n_q, n_ref]: sites where the reference holds allele 1 and the query allele 0 (``q0``) or 1.
+
+    ``q0``, ``q1`` are boolean [n_q, n_sites] (both False where masked). ``engine="numpy"``
+    counts with popcount on 64-bit words; ``"torch"`` with one float32 matrix product of 0/1
+    values on ``device`` (exact: every count is an integer below 2^24). Both give the same
+    integers. Queries sharing one mask (a window-grouped batch) need only ``S1`` per pair:
+    ``S0`` is then the reference's count over the unmasked sites less ``S1``.
+    """
+    keep = q0 | q1
+    shared = bool((keep == keep[:1]).all())
+    if engine == "torch":
+        dev = torch.device(device)
+        ref = torch.as_tensor(alleles, device=dev).to(torch.float32)
+        lhs = np.concatenate([q1, keep[:1] if shared else q0])
+        prod = (torch.as_tensor(lhs, device=dev).to(torch.float32) @ ref.T).round_().to(torch.int32).cpu().numpy()
+        s1, rest = prod[: len(q1)], prod[len(q1) :]
+    else:
+        ref_t = np.ascontiguousarray(pack_words(alleles.astype(bool, copy=False)).T)
+        s1 = popcount_and(pack_words(q1), ref_t)
+        rest = popcount_and(pack_words(keep[:1] if shared else q0), ref_t)
+    s1 = s1.astype(np.int32, copy=False)
+    s0 = rest.astype(np.int32, copy=False) - s1 if shared else rest.astype(np.int32, copy=False)
+    return s0, s1
+
+
+def _weight_range(w: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row the smallest and largest ``w`` over the selected sites (0, 0 where none is selected)."""
+    lo = np.where(sel, w, np.inf).min(1)
+    hi = np.where(sel, w, -np.inf).max(1)
+    none = ~sel.any(1)
+    lo[none], hi[none] = 0.0, 0.0
+    return lo, hi
+
+
+def _count_order_candidates(
+    s0: np.ndarray,
+    s1: np.ndarray,
+    q0: np.ndarray,
+    q1: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    margin: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The candidates when the keys follow ``m = S0 - S1`` (weights near +c and -c): pairs (rows, cols), or None.
+
+    Takes the references with ``m`` at most the k-th smallest ``m_k`` of their row (an integer
+    partition, no bound computed for every reference) and proves that no other can be among the
+    k nearest: every other has ``m >= m_k + 1`` and ``S0 + S1 <= S`` (the query's unmasked
+    sites), so its key is at least ``(m_k + 1)(w0_lo - w1_lo) / 2 + min(0, S (w0_lo + w1_lo) / 2)``,
+    which must exceed the largest upper bound among those taken. None when a row fails that.
+    """
+    w0_lo, w0_hi, w1_lo, w1_hi = ranges
+    m = s0 - s1
+    m_k = np.partition(m, k - 1, axis=1)[:, k - 1]
+    rows, cols = np.nonzero(m <= m_k[:, None])
+    upper = s0[rows, cols] * w0_hi[rows] + s1[rows, cols] * w1_hi[rows]
+    starts = np.searchsorted(rows, np.arange(len(m)))  # every row has at least k pairs
+    top = np.maximum.reduceat(upper, starts)
+    unmasked = (q0 | q1).sum(1)
+    floor = (m_k + 1) * (w0_lo - w1_lo) / 2 + np.minimum(0.0, unmasked * (w0_lo + w1_lo) / 2)
+    if not ((w0_lo > w1_lo) & (floor - margin > top + margin)).all():
         return None
-    return c
+    return rows, cols
 
 
 class ExactSearcher:
@@ -263,23 +520,122 @@ class ExactSearcher:
     forward_kwargs : dict, optional
         Extra keyword arguments of the layer.
     device : torch device, optional
-        Where to embed the table rows and compute (default: where the layer's parameters are).
+        Where to embed the table rows (default: where the layer's parameters are).
     method : {"auto", "matmul", "popcount"}
         How to sum the per-site terms: ``popcount`` (Hamming distance on packed bits; only when the
-        terms are bitwise equal at every site, on the CPU), ``matmul`` (exact integer sums in one
-        matrix product) or ``auto`` (popcount where it applies). Both give the same result.
+        terms are bitwise equal at every site), ``matmul`` (exact integer sums for every
+        reference in one matrix product) or ``auto`` (popcount where it applies, else popcount
+        bounds and exact sums for the candidates they leave). All give the same result.
+    engine : {"auto", "numpy", "torch"}
+        How to count: popcount on 64-bit words in NumPy, or a float32 matrix product in torch on
+        ``device``; ``auto`` takes torch where the layer is on a GPU. Both give the same counts.
+    weights : WeightsIdentity, optional
+        Identifies the layer's weights for the per-window cache (a :class:`Retriever` passes its own).
     """
 
     def __init__(
-        self, layer: Embedding, forward_kwargs: dict[str, Any] | None = None, device: Any = None, method: str = "auto"
+        self,
+        layer: Embedding,
+        forward_kwargs: dict[str, Any] | None = None,
+        device: Any = None,
+        method: str = "auto",
+        *,
+        engine: str = "auto",
+        weights: WeightsIdentity | None = None,
     ) -> None:
         if method not in METHODS:
             raise ArgumentError(f"method must be one of {METHODS}, not {method!r}")
+        if engine not in ENGINES:
+            raise ArgumentError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.layer, self.forward_kwargs, self.method = layer, forward_kwargs, method
         self.device = embedding_device(layer, device)
+        self.engine = engine if engine != "auto" else ("numpy" if self.device.type == "cpu" else "torch")
+        self.weights = weights or WeightsIdentity(layer, forward_kwargs)
         self._verified: set[int] = set()
         self.max_deviation = 0.0  # largest |layer output - table composition| seen by the check
+        self._terms: dict[Hashable, SiteTerms] = {}
+        self._terms_version: Hashable | None = None
 
+    # --- the per-window terms ---------------------------------------------------------------
+    @staticmethod
+    def _key(n_sites: int, max_seq_len: int, vocab: Any, ref_af: np.ndarray, query_af: np.ndarray | None) -> Hashable:
+        qaf = None if query_af is None else np.asarray(query_af, dtype=np.float32).tobytes()
+        return (n_sites, max_seq_len, vocab, np.asarray(ref_af, dtype=np.float32).tobytes(), qaf)
+
+    def _cached(self, key: Hashable) -> SiteTerms | None:
+        version = self.weights.version()
+        if version is None or version != self._terms_version:
+            self._terms.clear()  # only the current weights' terms are kept
+            self._terms_version = version
+            return None
+        return self._terms.get(key)
+
+    def _store(self, key: Hashable, terms: SiteTerms) -> None:
+        if self._terms_version is None:
+            return  # weights that cannot be seen: nothing is cached
+        while len(self._terms) >= TERMS_CACHE_WINDOWS:
+            del self._terms[next(iter(self._terms))]
+        self._terms[key] = terms
+
+    def _verify(self, n_sites: int, max_seq_len: int, vocab: Any, ref_af: np.ndarray) -> None:
+        """The one-off position-wise check of the layer (on this window's full tables)."""
+        if id(self.layer) not in self._verified:
+            args = (max_seq_len, vocab, ref_af)
+            tables = window_tables(self.layer, n_sites, *args, None, self.forward_kwargs, self.device)
+            dev = check_positionwise(self.layer, tables, *args, self.forward_kwargs, self.device)
+            self.max_deviation = max(self.max_deviation, dev)
+            self._verified.add(id(self.layer))
+
+    def site_terms(
+        self, n_sites: int, max_seq_len: int, vocab: Any, ref_af: np.ndarray, query_af: np.ndarray | None = None
+    ) -> SiteTerms:
+        """The window's per-site terms for the current weights (cached per window and weights version).
+
+        Queries with the references' AF need only the two allele rows embedded; other AFs need
+        the mask, allele 0 and allele 1 rows under both.
+        """
+        key = self._key(n_sites, max_seq_len, vocab, ref_af, query_af)
+        terms = self._cached(key)
+        if terms is None:
+            self._verify(n_sites, max_seq_len, vocab, ref_af)
+            if query_af is None:
+                rows = allele_rows(n_sites, max_seq_len, vocab)
+                with torch.no_grad(), eval_mode(self.layer), single_threaded():
+                    emb = embed(
+                        self.layer,
+                        rows,
+                        np.broadcast_to(ref_af, rows.shape),
+                        forward_kwargs=self.forward_kwargs,
+                        device=self.device,
+                    )
+                terms = SiteTerms.from_allele_rows(n_sites, emb)
+            else:
+                tables = window_tables(
+                    self.layer, n_sites, max_seq_len, vocab, ref_af, query_af, self.forward_kwargs, self.device
+                )
+                terms = SiteTerms.from_tables(tables, vocab)
+            self._store(key, terms)
+        return terms
+
+    def prime(self, rows: torch.Tensor, n_sites: int, max_seq_len: int, vocab: Any, ref_af: np.ndarray) -> None:
+        """Cache a window's terms from the embeddings [2, L, D] of :func:`allele_rows` under ``ref_af``.
+
+        For the training path, which embeds those rows (with gradients, in eval mode) to compose
+        the retrieved embeddings: the search then needs no embedding of its own. ``rows`` must
+        come from the layer's current weights.
+        """
+        key = self._key(n_sites, max_seq_len, vocab, ref_af, None)
+        if self._cached(key) is None:
+            self._verify(n_sites, max_seq_len, vocab, ref_af)
+            self._store(key, SiteTerms.from_allele_rows(n_sites, rows))
+
+    @staticmethod
+    def working_bytes(n_queries: int, n_ref: int, n_sites: int) -> int:
+        """An upper bound of the search's temporaries (counts, bounds, exact sums of every reference)."""
+        pairs = n_queries * n_ref * (8 + 1 + 2 * 4 + 2 * 4 + 4 * 8 + 1 + 4 * 8)
+        return pairs + n_ref * n_sites * (8 + 1) + n_queries * n_sites * 8 * 6
+
+    # --- the search -------------------------------------------------------------------------
     def search(
         self,
         alleles: np.ndarray,
@@ -290,60 +646,67 @@ class ExactSearcher:
         vocab: Any,
         ref_af: np.ndarray,
         query_af: np.ndarray | None = None,
+        validate: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Distances [n_q, k] and reference indices [n_q, k] of masked ``queries`` [n_q, L].
 
         ``alleles`` are the window's reference alleles [n_ref, n_sites]; ``query_af`` (one row
         [L] shared by the queries) defaults to ``ref_af``. Distances are the squared L2 distances
         between the flattened float32 embeddings, exact to the bound in the module docstring;
-        equal distances go to the lowest index.
+        equal distances go to the lowest index. ``validate=False`` skips the check of the query
+        tokens' layout (for a caller that has checked them).
         """
         n_sites = alleles.shape[1]
         k = check_k(k, len(alleles))
-        check_query_tokens(queries, n_sites, max_seq_len, vocab)
+        if validate:
+            check_query_tokens(queries, n_sites, max_seq_len, vocab)
         same_af = query_af is None or np.array_equal(query_af, ref_af)
-        tables = window_tables(
-            self.layer,
-            n_sites,
-            max_seq_len,
-            vocab,
-            ref_af,
-            None if same_af else query_af,
-            self.forward_kwargs,
-            self.device,
-        )
-        if id(self.layer) not in self._verified:
-            dev = check_positionwise(self.layer, tables, max_seq_len, vocab, ref_af, self.forward_kwargs, self.device)
-            self.max_deviation = max(self.max_deviation, dev)
-            self._verified.add(id(self.layer))
-        base, w = linear_form(tables, queries, vocab)
-        c = None
-        if self.method != "matmul" and self.device.type == "cpu":
-            c = hamming_constant(tables, vocab)
+        terms = self.site_terms(n_sites, max_seq_len, vocab, ref_af, None if same_af else query_af)
+        base, w = linear_form(terms, queries, vocab)
+        c = terms.hamming_constant() if self.method != "matmul" else None
         if self.method == "popcount" and c is None:
             raise ArgumentError(
-                "method='popcount' needs per-site terms that are equal at every site (and the CPU); "
+                "method='popcount' needs per-site terms that are equal at every site; "
                 "this layer's are not: use method='auto' or 'matmul'"
             )
-        if c is not None:  # d = c * Hamming: every other term is 0
-            hi = _masked_hamming(alleles, queries, n_sites, vocab).astype(np.float64)
-            base, lo, g1, g2 = torch.zeros(len(queries)), np.zeros_like(hi), c, 0.0
+        if self.method == "matmul":
+            hi, lo, g1, g2 = exact_site_sums(w, alleles)
+            idx = rank_keys(hi, lo, k)
+            hi, lo = np.take_along_axis(hi, idx, 1), np.take_along_axis(lo, idx, 1)
         else:
-            hi, lo, g1, g2 = exact_site_sums(w, torch.as_tensor(alleles, device=w.device))
-        idx = rank_keys(hi, lo, k)
-        dist = base.cpu().numpy()[:, None] + np.take_along_axis(hi, idx, 1) * g1 + np.take_along_axis(lo, idx, 1) * g2
+            sites = queries[:, 1 : n_sites + 1]
+            q0, q1 = sites == vocab.allele0, sites == vocab.allele1
+            s0, s1 = allele_counts(alleles, q0, q1, engine=self.engine, device=self.device)
+            if c is not None:  # d = c * Hamming over unmasked sites: every other term is 0
+                hamming = (s0 - s1 + q1.sum(1, keepdims=True)).astype(np.float64)
+                idx = rank_keys(hamming, np.zeros_like(hamming), k)
+                hi, lo, g1, g2 = np.take_along_axis(hamming, idx, 1), np.zeros(idx.shape), c, 0.0
+                base = np.zeros(len(queries))
+            else:
+                idx, hi, lo, g1, g2 = self._bounded(alleles, w, q0, q1, s0, s1, k)
+        dist = base[:, None] + hi * g1 + lo * g2
         return np.maximum(dist, 0).astype(np.float32), idx.astype(np.int64)  # rounding can leave -1e-14
 
-
-def _masked_hamming(alleles: np.ndarray, queries: np.ndarray, n_sites: int, vocab: Any) -> np.ndarray:
-    """Hamming distance over each query's unmasked sites, with popcount on packed bits: [n_q, n_ref]."""
-    sites = queries[:, 1 : n_sites + 1]
-    q_bits = np.packbits(sites == vocab.allele1, axis=1)
-    keep = np.packbits(sites != vocab.mask, axis=1)
-    ref = np.packbits(alleles.astype(bool), axis=1)
-    # [n_q, n_ref, n_bytes] in slices of queries to bound the temporary
-    out = np.empty((len(queries), len(alleles)), dtype=np.int64)
-    for s in range(0, len(queries), 16):
-        x = (ref[None, :, :] ^ q_bits[s : s + 16, None, :]) & keep[s : s + 16, None, :]
-        out[s : s + 16] = np.bitwise_count(x).sum(axis=2, dtype=np.int64)
-    return out
+    @staticmethod
+    def _bounded(
+        alleles: np.ndarray, w: np.ndarray, q0: np.ndarray, q1: np.ndarray, s0: np.ndarray, s1: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """Exact ranking of the references the count bounds leave: (indices, hi, lo [n_q, k], g1, g2)."""
+        w0_lo, w0_hi = _weight_range(w, q0)
+        w1_lo, w1_hi = _weight_range(w, q1)
+        margin = BOUND_MARGIN * w.shape[1] * np.abs(w).max(1) + np.finfo(np.float64).tiny
+        found = _count_order_candidates(s0, s1, q0, q1, (w0_lo, w0_hi, w1_lo, w1_hi), margin, k)
+        if found is not None:
+            rows, cols = found
+        else:  # the bounds of every reference, and the k-th smallest upper bound of each row
+            upper = s0 * w0_hi[:, None] + s1 * w1_hi[:, None]
+            kth = np.partition(upper, k - 1, axis=1)[:, k - 1 : k]
+            lower = s0 * w0_lo[:, None] + s1 * w1_lo[:, None]
+            rows, cols = np.nonzero(lower <= kth + margin[:, None])  # at least the k smallest upper bounds a row
+        if len(rows) * 4 < s0.size:  # few survivors (K and their ties): their sums alone
+            hi, lo, g1, g2 = exact_pair_sums(w, alleles, rows, cols)
+        else:
+            hi_all, lo_all, g1, g2 = exact_site_sums(w, alleles)
+            hi, lo = hi_all[rows, cols], lo_all[rows, cols]
+        pick = _first_k(rows, cols, hi, lo, k, len(w))
+        return cols[pick], hi[pick], lo[pick], g1, g2

@@ -41,6 +41,7 @@ class AlleleFrequencyEmbedding(nn.Module):
             nn.Linear(2 * n_basis, d_model), nn.LayerNorm(d_model), nn.GELU(), nn.Linear(d_model, d_model)
         )
         for linear in (self.projection[0], self.projection[3]):
+            assert isinstance(linear, nn.Linear)
             nn.init.xavier_normal_(linear.weight)
             nn.init.zeros_(linear.bias)
 
@@ -71,6 +72,8 @@ class VcfBertEmbedding(nn.Module):
         Dropout after the sum (off in eval mode, where retrieval runs).
     """
 
+    pe: torch.Tensor  # the position table buffer
+
     def __init__(self, d_model: int = 192, vocab_size: int = 9, max_len: int = 1030, dropout: float = 0.1) -> None:
         super().__init__()
         self.embed_size = d_model  # VCF-Bert's datasets read this name
@@ -93,6 +96,8 @@ class PositionwiseEmbedding(nn.Module):
 
     Called as ``layer(tokens [n, L], af=af [n, L], pos=True)`` -> [n, L, d_model].
     """
+
+    pe: torch.Tensor  # the position table buffer
 
     def __init__(self, d_model: int = 192, vocab_size: int = 7, max_len: int = 1030, dropout: float = 0.1):
         super().__init__()

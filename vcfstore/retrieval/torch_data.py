@@ -87,6 +87,15 @@ class TargetDataset(Dataset):
         windows = self.target.windows
         return int((windows[:, 1] - windows[:, 0]).max()) * self.target.n_haplotypes
 
+    # --- checkpointing (torchdata's Stateful protocol) -------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and curriculum rate, for a checkpoint."""
+        return {"epoch": self.epoch, "rate": self.rate}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the epoch and rate of :meth:`state_dict`."""
+        self.set_epoch(int(state["epoch"]), float(state["rate"]))
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = None
@@ -126,7 +135,7 @@ class TargetDataset(Dataset):
 class ItemKey(NamedTuple):
     """An item index with the epoch and curriculum rate its mask is drawn for."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as the field name users read
     epoch: int
     rate: float
 
@@ -143,6 +152,14 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
     Made with :meth:`for_dataset`, the sampler yields :class:`ItemKey` items carrying the
     dataset's epoch and rate as set in the main process (:meth:`TargetDataset.set_epoch`), so
     masks follow the epoch in every worker, persistent workers included.
+
+    Mid-epoch resume: :meth:`state_dict` records the epoch, the seed and how many of the epoch's
+    batches all ranks together have taken; after :meth:`load_state_dict` the next pass yields
+    exactly the batches not yet taken, shared among the ranks of the new job, whatever its
+    world size. It follows torchdata's ``Stateful`` protocol, so ``StatefulDataLoader`` saves
+    and restores it with the loader, snapshotting it in step with the batches it returned. (A
+    plain ``DataLoader`` with workers asks for batches ahead of the training loop, so a state
+    taken by hand there counts the prefetched batches as taken.)
 
     Parameters
     ----------
@@ -189,6 +206,8 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.rank, self.world_size, self.dataset = rank, world_size, dataset
         self.epoch = 0
+        self._resume_at = 0  # batches of this epoch taken before a restart: the next pass skips them
+        self._pass_start, self._yielded = 0, 0  # the current pass: where it began, batches this rank took
 
     @classmethod
     def for_dataset(cls, dataset: TargetDataset, batch_size: int, **kwargs: Any) -> WindowGroupedBatchSampler:
@@ -196,6 +215,8 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
         return cls(dataset.n_samples, dataset.target.n_windows, batch_size, dataset=dataset, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:  # a resumed epoch keeps its position; another one starts afresh
+            self._resume_at, self._pass_start, self._yielded = 0, 0, 0
         self.epoch = epoch
 
     def _all_batches(self) -> list[list[int]]:
@@ -212,20 +233,91 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
         return batches
 
     def __iter__(self) -> Iterator[list[Any]]:
-        batches = self._all_batches()
-        n = len(self)
+        # A resumed pass starts after the batches taken before the restart, then deals the rest.
+        start, self._resume_at = self._resume_at, 0
+        batches = self._all_batches()[start:]
+        n = self._steps(len(batches))
         # Cycle from the start when there are fewer batches than ranks x steps.
-        mine = [batches[(self.rank + i * self.world_size) % len(batches)] for i in range(n)] if batches else []
-        if self.dataset is None:
-            return iter(mine)
-        epoch, rate = self.dataset.epoch, self.dataset.rate  # read in the main process, now
-        return iter([[ItemKey(i, epoch, rate) for i in batch] for batch in mine])
+        mine: list[list[Any]] = (
+            [batches[(self.rank + i * self.world_size) % len(batches)] for i in range(n)] if batches else []
+        )
+        if self.dataset is not None:
+            epoch, rate = self.dataset.epoch, self.dataset.rate  # read in the main process, now
+            mine = [[ItemKey(i, epoch, rate) for i in batch] for batch in mine]
+        self._pass_start, self._yielded = start, 0
+        return self._counted(mine)
 
-    def __len__(self) -> int:
+    def _counted(self, batches: list[list[Any]]) -> Iterator[list[Any]]:
+        for batch in batches:
+            self._yielded += 1  # before the yield: a snapshot taken after next() counts this batch
+            yield batch
+
+    def _n_batches(self) -> int:
+        """Batches of one epoch, over all ranks."""
         per_window = (
             self.n_samples // self.batch_size if self.drop_last else math.ceil(self.n_samples / self.batch_size)
         )
-        return math.ceil(per_window * self.n_windows / self.world_size)
+        return per_window * self.n_windows
+
+    def _steps(self, n_batches: int) -> int:
+        return math.ceil(n_batches / self.world_size)
+
+    def __len__(self) -> int:
+        return self._steps(self._n_batches() - self._resume_at)
+
+    # --- checkpointing (torchdata's Stateful protocol) -------------------------------------
+    _STATE_VERSION = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the epoch stands, for a checkpoint: the same on every rank of a job in step.
+
+        ``taken`` counts the epoch's batches that all ranks together have taken (each rank's
+        steps times the world size, at most the epoch's batches). Rank 0's state restores a job
+        of any world size.
+        """
+        taken = self._resume_at or min(self._pass_start + self._yielded * self.world_size, self._n_batches())
+        state: dict[str, Any] = {
+            "version": self._STATE_VERSION,
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "taken": taken,
+            "shape": self._shape(),
+        }
+        if self.dataset is not None:
+            state["dataset"] = self.dataset.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the epoch of ``state``: the next pass yields only the batches not yet taken.
+
+        Raises
+        ------
+        ArgumentError
+            If ``state`` is of a sampler over other data or with other batches.
+        """
+        if state.get("version") != self._STATE_VERSION:
+            raise ArgumentError(f"sampler state version {state.get('version')!r} is not {self._STATE_VERSION}")
+        if state["shape"] != self._shape():
+            raise ArgumentError(
+                f"the sampler state is of other batches ({state['shape']}); this sampler has {self._shape()}"
+            )
+        taken = int(state["taken"])
+        if not 0 <= taken <= self._n_batches():
+            raise ArgumentError(f"the sampler state has taken {taken} of {self._n_batches()} batches")
+        self.seed = int(state["seed"])
+        self.set_epoch(int(state["epoch"]))
+        self._resume_at, self._pass_start, self._yielded = taken, taken, 0
+        if self.dataset is not None and "dataset" in state:
+            self.dataset.load_state_dict(state["dataset"])
+
+    def _shape(self) -> dict[str, Any]:
+        return {
+            "n_samples": self.n_samples,
+            "n_windows": self.n_windows,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+        }
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -112,6 +112,9 @@ class RecordFilter:
         missing = (gt == _MISSING).any(axis=(1, 2))
         unphased_het = (~phased & (gt[:, :, 0] != gt[:, :, -1])).any(axis=1)
         self.counts["unphased_homozygous_calls"] += int((~phased & (gt[:, :, 0] == gt[:, :, -1])).sum())
+        fast = self._plain_block(contigs, positions, refs, alts, gt, missing | unphased_het)
+        if fast is not None:
+            return self._block(contigs, positions, ids, refs, alts, gt, info_af, fast)
         out_rows: list[tuple[int, int]] = []  # (record index, ALT number or _ANY_ALT)
         for i in range(n):
             self.counts["records"] += 1
@@ -149,6 +152,48 @@ class RecordFilter:
             self._site_alleles.update(keys)
             out_rows.extend((i, k) for k in alt_numbers)
         return self._block(contigs, positions, ids, refs, alts, gt, info_af, out_rows)
+
+    def _plain_block(
+        self,
+        contigs: Sequence[str],
+        positions: Sequence[int],
+        refs: Sequence[str],
+        alts: Sequence[Sequence[str]],
+        gt: np.ndarray,
+        flagged: np.ndarray,
+    ) -> list[tuple[int, int]] | None:
+        """The common block, decided with whole-block checks instead of a loop over records.
+
+        Every record on the current contig, one ALT each, positions strictly increasing, diploid,
+        no missing or unphased heterozygous call: no record can be a duplicate, an error or a
+        policy case other than the non-SNV one, so the records are counted and kept (SNVs, or
+        every record with ``non_snv="keep"``) in one step. Any other block returns None and takes
+        the record-by-record path, which names the offending record.
+        """
+        pos = np.asarray(positions, dtype=np.int64)
+        if (
+            len(pos) == 0
+            or gt.shape[2] != 2
+            or flagged.any()
+            or contigs[0] != self._contig
+            or contigs.count(contigs[0]) != len(contigs)
+            or pos[0] <= self._last_pos
+            or (len(pos) > 1 and not (np.diff(pos) > 0).all())
+            or any(len(a) != 1 or a[0] in ("", ".") for a in alts)
+            or (gt == _VECTOR_END).any()
+        ):
+            return None
+        if self.policy.non_snv == "keep":
+            keep = [True] * len(pos)
+        else:
+            keep = [_is_snv(r, a[0]) for r, a in zip(refs, alts, strict=True)]
+        rows = [(i, 1) for i, k in enumerate(keep) if k]
+        self.counts["records"] += len(pos)
+        if len(rows) < len(pos):
+            self.counts["skipped_non_snv"] += len(pos) - len(rows)
+        self._last_pos = self._site_pos = int(pos[-1])
+        self._site_alleles = {_site_key(refs[-1], alts[-1], 1)} if keep[-1] else set()
+        return rows
 
     def _check_order(self, contig: str, pos: int, where: str) -> None:
         if contig != self._contig:

@@ -98,9 +98,10 @@ class VcfSource:
         buf: list[tuple] = []
         try:
             for rec in records:
-                gt = rec.genotype.array() if rec.genotype is not None else None
-                if gt is None:
+                genotype = rec.genotype  # a new object at every access: read it once
+                if genotype is None:
                     raise InputError(f"record {rec.CHROM}:{rec.POS} has no GT field")
+                gt = genotype.array()
                 af = rec.INFO.get(self.af_field)
                 buf.append((rec.CHROM, rec.POS, rec.ID or ".", rec.REF, rec.ALT, gt, af))
                 if len(buf) >= block_sites:

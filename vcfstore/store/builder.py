@@ -1,13 +1,14 @@
 """Streaming, resumable construction of a panel store.
 
 The builder pulls blocks of sites from a source into one buffer of ``chunk_sites`` sites, packs
-it into one shard (a column of inner chunks of ``haplotype_chunk`` haplotypes) and appends it,
-so peak memory is bounded by the chunk and block sizes, not by the panel's length
-(:func:`build_memory_bound`): per haplotype, ``1.5 * chunk_sites`` bytes (the pending sites as
-uint8, the packed shard and Zarr's copy of it) plus, per site of a source's block, 3 bytes from
-a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or arrays (int16
-genotypes with a phase column and the input filter's temporaries); plus 64 MB of codec, reader
-and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
+it into one shard (a column of inner chunks of ``haplotype_chunk`` haplotypes) and appends it;
+a background thread compresses and writes one shard while the next is read. Peak memory is
+bounded by the chunk and block sizes, not by the panel's length (:func:`build_memory_bound`):
+per haplotype, ``1.5 * chunk_sites`` bytes (the pending sites as uint8, the packed shard being
+written and Zarr's copy of it, the next one being packed) plus, per site of a source's block,
+3 bytes from a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or
+arrays (int16 genotypes with a phase column and the input filter's temporaries); plus 64 MB of
+codec, reader and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
 sequence, that is 3.9 GB (the tree sequence itself comes on top).
 
 Resuming: after every chunk the number of committed sites is written to the group's attributes
@@ -30,6 +31,9 @@ import shutil
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +80,8 @@ def build_store(
     block_sites: int = DEFAULT_BLOCK_SITES,
     force: bool = False,
     progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    staging: str | os.PathLike[str] | None = None,
 ) -> PanelStore:
     """Build (or resume building) a panel store from a site source.
 
@@ -83,10 +89,12 @@ def build_store(
     ----------
     source : VcfSource, VcfZarrSource or ArraySource
         Where the sites come from.
-    out : path
+    out : path or URL
         The store directory. An unfinished build there with the same input and parameters is
         resumed; a finished store or a foreign directory is left alone unless ``force``
-        (which only ever removes a vcfstore store).
+        (which only ever removes a vcfstore store). A URL (``s3://bucket/panel.vcfstore``) is
+        built in a local ``staging`` directory and uploaded when finished (see
+        :class:`~vcfstore.store.remote.RemoteBuild`; ``storage_options`` as for :func:`open_store`).
     window_size, overlap : int
         Fixed windows of ``window_size`` sites (default ``max_seq_len - 2``) overlapping by
         ``overlap`` sites, restarted at every contig.
@@ -196,9 +204,14 @@ def build_store(
     }
     if annotations is not None:  # only then, so stores built without keep their identity
         params["annotations_sha256"] = annotations.digest()
-    out = Path(out)
-    import zarr
+    import zarr  # here, so that `import vcfstore` works without it (see vcfstore.store.reader)
 
+    from vcfstore.store.remote import RemoteBuild, is_url
+
+    remote = RemoteBuild(os.fspath(out), storage_options, staging, force=force) if is_url(out) else None
+    if remote is not None and remote.staged_identity() == _identity(described, params):
+        return remote.publish()  # built before, but the upload failed: upload it again
+    out = remote.staging if remote is not None else Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         # One writer at a time: a lock file beside the store (zarr's mode="w" clears the directory).
@@ -229,7 +242,7 @@ def build_store(
             f"{out}: the build stopped: {e.strerror or e} ({e.filename or out}); "
             "fix the cause and run the same command again to resume"
         ) from None
-    return PanelStore(out)
+    return remote.publish() if remote is not None else PanelStore(out)
 
 
 def _warn_records_not_sites(counts: Counter[str], n_sites: int) -> None:
@@ -275,9 +288,7 @@ class _Writer:
     ) -> _Writer:
         import zarr
 
-        identity = hashlib.sha256(
-            json.dumps([STORE_FORMAT_VERSION, described["sha256"], params], sort_keys=True).encode()
-        ).hexdigest()[:32]
+        identity = _identity(described, params)
         existing = _existing(out)
         if existing is not None:
             meta, state = existing
@@ -406,37 +417,34 @@ class _Writer:
             dynamic_ncols=True,
         )
         seen = 0
-        for block in source.blocks(block_sites):
-            bar.update(source.filter.counts["records"] - seen)
-            seen = source.filter.counts["records"]
-            if skip:
-                take = min(skip, len(block))
-                block, skip = block.slice(take), skip - take
-            while len(block):
-                block = block.slice(pending.add(block))
-                if pending.full:
-                    self._commit(pending.block(), source)
-                    pending.clear()
-            del block  # before the source decodes the next one: one block in memory, not two
-        bar.close()
-        if len(pending):
-            self._commit(pending.block(), source)
+        # Compressing and writing a shard (Zstd 15) overlaps reading the next one: the pending
+        # sites are packed here (so their buffer refills at once) and written in the background.
+        commits = _OneAhead(self._commit)
+        try:
+            for block in source.blocks(block_sites):
+                bar.update(source.filter.counts["records"] - seen)
+                seen = source.filter.counts["records"]
+                if skip:
+                    take = min(skip, len(block))
+                    block, skip = block.slice(take), skip - take
+                while len(block):
+                    block = block.slice(pending.add(block))
+                    if pending.full:
+                        commits.submit(self._prepare(pending.block()), dict(source.filter.counts))
+                        pending.clear()
+                del block  # before the source decodes the next one: one block in memory, not two
+            bar.close()
+            if len(pending):
+                commits.submit(self._prepare(pending.block()), dict(source.filter.counts))
+        finally:
+            commits.close()
         if self.sites == 0:
             raise InputError(f"{self.meta['input']['name']}: no site passed the input policy; nothing to store")
         return source.filter.counts
 
-    def _commit(self, block: SiteBlock, source: SiteSource) -> None:
-        """Append one chunk column of sites, then record the progress."""
-        n, start = len(block), self.sites
-        if start % 8:
-            raise StoreError("internal error: a chunk was appended after a partial chunk")
-        self._extend_runs(block.contigs, start)
-        run_of = {name: i for i, (name, _, _) in enumerate(self.runs)}
-        contig_idx = np.asarray([run_of[c] for c in block.contigs], dtype=np.int16)
+    def _prepare(self, block: SiteBlock) -> _Column:
+        """What one commit writes, computed from the pending sites, which may be overwritten afterwards."""
         packed = np.packbits(block.alleles, axis=0).T  # [haplotypes, sites / 8]: the transpose of 1/8 the bytes
-        alleles = self.root["alleles"]
-        alleles.resize((alleles.shape[0], (start + n + 7) // 8))
-        alleles[:, start // 8 :] = packed
         af = block.alleles.mean(axis=1, dtype=np.float64).astype(np.float32)
         if self.meta["params"]["af_from"] == "info":
             if block.info_af is None or np.isnan(block.info_af).any():
@@ -452,22 +460,34 @@ class _Writer:
                 raise InputError(f"site {where} has INFO/AF {float(af[i]):g}, outside [0, 1]")
         columns = {
             "position": block.positions,
-            "contig": contig_idx,
             "af": af,
             "id": np.asarray(block.ids, dtype=str),
             "ref": np.asarray(block.refs, dtype=str),
             "alt": np.asarray(block.alts, dtype=str),
         }
-        for name, values in columns.items():
+        freq = None if self.annotations is None else group_frequencies(block.alleles, self.annotations)
+        return _Column(list(block.contigs), packed, columns, freq)
+
+    def _commit(self, column: _Column, counts: dict[str, int]) -> None:
+        """Append one shard's sites, then record the progress (``counts``: the input's counts so far)."""
+        n, start = len(column.contigs), self.sites
+        if start % 8:
+            raise StoreError("internal error: a chunk was appended after a partial chunk")
+        self._extend_runs(column.contigs, start)
+        run_of = {name: i for i, (name, _, _) in enumerate(self.runs)}
+        contig_idx = np.asarray([run_of[c] for c in column.contigs], dtype=np.int16)
+        alleles = self.root["alleles"]
+        alleles.resize((alleles.shape[0], (start + n + 7) // 8))
+        alleles[:, start // 8 :] = column.packed
+        for name, values in {**column.columns, "contig": contig_idx}.items():
             arr = self.root[f"sites/{name}"]
             arr.resize((start + n,))
             arr[start:] = values
-        if self.annotations is not None:
+        if column.frequencies is not None:
             freq = self.root["frequencies"]
             freq.resize((*freq.shape[:2], start + n))
-            freq[:, :, start:] = group_frequencies(block.alleles, self.annotations)
+            freq[:, :, start:] = column.frequencies
         self.sites = start + n
-        counts = dict(source.filter.counts)
         self.root.attrs[PROGRESS_KEY] = {"sites": self.sites, "runs": self.runs, "counts": counts}
 
     def _extend_runs(self, contigs: list[str], start: int) -> None:
@@ -514,6 +534,41 @@ class _Writer:
         self.root.attrs.put({ATTR_KEY: meta})
 
 
+class _OneAhead:
+    """Runs a function in one background thread, one call at a time, in order.
+
+    ``submit`` first waits for the call before it, so at most one call is in flight (memory
+    holds one more chunk column) and an error surfaces at the next ``submit`` or at ``close``.
+    """
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self._fn = fn
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vcfstore-commit")
+        self._last: Future[None] | None = None
+
+    def submit(self, *args: Any) -> None:
+        self.wait()
+        self._last = self._pool.submit(self._fn, *args)
+
+    def wait(self) -> None:
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _identity(described: dict[str, Any], params: dict[str, Any]) -> str:
+    """The digest of a build's input and parameters: equal digests build equal stores."""
+    return hashlib.sha256(
+        json.dumps([STORE_FORMAT_VERSION, described["sha256"], params], sort_keys=True).encode()
+    ).hexdigest()[:32]
+
+
 def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
     """(store attributes, build progress or None) of a vcfstore group at ``out``, else None."""
     attrs = read_store_attrs(out)
@@ -521,6 +576,16 @@ def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
         return None
     state = attrs.get(PROGRESS_KEY)
     return dict(attrs[ATTR_KEY]), (dict(state) if isinstance(state, dict) else None)
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One shard's sites ready to write: packed alleles, site columns (but the contig index), group frequencies."""
+
+    contigs: list[str]
+    packed: np.ndarray
+    columns: dict[str, np.ndarray]
+    frequencies: np.ndarray | None
 
 
 class _Pending:

@@ -20,6 +20,10 @@ shard read is checked against the whole file's digest as before.
 
 The cost is one SHA-256 of the compressed bytes a read touches (1.8 GB/s here; a window of
 2008 haplotypes is a few kilobytes compressed): see the README for the measured figure.
+
+Everything here works on any Zarr store (a local directory, or object storage through
+:mod:`vcfstore.store.remote`): the record is read, and the files are listed and checked, through
+the store itself. Messages name the store as ``where``: its directory or its URL.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage import LocalStore, WrapperStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from vcfstore._fileio import atomic_write_bytes
 from vcfstore.errors import StoreError
@@ -51,6 +55,9 @@ PIECE_HEX = 16  # hex digits of an inner chunk's digest (64 bits: damage, not an
 _NO_CHUNK = "-" * PIECE_HEX  # an index entry without a chunk (never written by vcfstore: see builder)
 _EMPTY = 2**64 - 1  # the sharding index's offset and length of an absent chunk
 _INDEX_CACHE = 256  # parsed shard indexes kept per open store (each n_inner x 16 bytes)
+_CONCURRENT_READS = 16  # files read at once by a full check (a remote store's latency overlaps)
+
+Where = Path | str  # how messages name a store: its directory, or its URL
 
 
 def _digest(data: bytes | memoryview) -> str:
@@ -131,11 +138,30 @@ def record_checksums(path: Path) -> int:
     return len(files)
 
 
-def load_checksums(path: Path) -> ChecksumRecord:
+def resolve(store: Store | Path, where: Where | None = None) -> tuple[Store, Where]:
+    """A Zarr store and its name for messages: a directory becomes a read-only LocalStore."""
+    if isinstance(store, Path):
+        return LocalStore(str(store), read_only=True), store
+    return store, str(store) if where is None else where
+
+
+def key_location(where: Where, key: str) -> str:
+    """Where one file of the store lives: ``dir/key`` or ``url/key``."""
+    return str(where / key) if isinstance(where, Path) else f"{where.rstrip('/')}/{key}"
+
+
+def load_checksums(store: Store | Path, where: Where | None = None) -> ChecksumRecord:
     """The store's :class:`ChecksumRecord`; a one-line StoreError if absent or damaged."""
-    file = path / CHECKSUMS
+    store, where = resolve(store, where)
+    file = key_location(where, CHECKSUMS)
     try:
-        raw = json.loads(file.read_text())
+        buf = sync(store.get(CHECKSUMS, default_buffer_prototype()))
+    except OSError as e:
+        raise StoreError(f"{file} cannot be read ({e})") from None
+    if buf is None:
+        raise StoreError(f"{where}: the store has no {CHECKSUMS}, so its contents cannot be checked; rebuild it")
+    try:
+        raw = json.loads(buf.to_bytes())
         files, shards = raw["files"], raw.get("shards", {})
         if raw.get("version") not in _READABLE_VERSIONS or not isinstance(files, dict) or not isinstance(shards, dict):
             raise ValueError(f"version {raw.get('version')!r}")
@@ -143,15 +169,11 @@ def load_checksums(path: Path) -> ChecksumRecord:
             {str(k): (int(v[0]), str(v[1])) for k, v in files.items()},
             {str(k): ShardRecord(int(v[0]), str(v[1]), str(v[2])) for k, v in shards.items()},
         )
-    except FileNotFoundError:
-        raise StoreError(
-            f"{path}: the store has no {CHECKSUMS}, so its contents cannot be checked; rebuild it"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, IndexError) as e:
         raise StoreError(f"{file} is damaged ({e}); rebuild the store") from None
 
 
-def describe_key(store: Path, key: str) -> str:
+def describe_key(store: Where, key: str) -> str:
     """``store``, array and chunk of a file key, for messages: ``alleles/c/0/3`` -> array alleles, chunk (0, 3)."""
     if "/c/" in key:
         array, _, chunk = key.partition("/c/")
@@ -163,7 +185,7 @@ def is_chunk_key(key: str) -> bool:
     return "/c/" in key or key.startswith("c/")
 
 
-def check_bytes(store: Path, key: str, data: bytes | None, recorded: dict[str, tuple[int, str]]) -> None:
+def check_bytes(store: Where, key: str, data: bytes | None, recorded: dict[str, tuple[int, str]]) -> None:
     """Raise a StoreError unless ``data`` (None: the file is absent) is exactly what the build wrote."""
     want = recorded.get(key)
     where = describe_key(store, key)
@@ -179,26 +201,28 @@ def check_bytes(store: Path, key: str, data: bytes | None, recorded: dict[str, t
         raise StoreError(f"{where} is damaged (its checksum differs from the one written; altered or swapped)")
 
 
-class VerifyingStore(WrapperStore[LocalStore]):
+class VerifyingStore(WrapperStore[Store]):
     """A read-only Zarr store that checks every file it returns against the store's checksum record.
 
-    A whole file is checked against its SHA-256. A byte range of a recorded shard that is its
-    index or one of its inner chunks is read alone and checked against that piece; any other
-    range is served from the whole file, checked. :meth:`read_shard` and :meth:`read_inner_chunks`
-    give vcfstore's own read path the same checks without Zarr's per-chunk machinery.
+    It wraps any Zarr store (LocalStore, FsspecStore, ObjectStore, ...); ``where`` names the
+    store in messages. A whole file is checked against its SHA-256. A byte range of a recorded
+    shard that is its index or one of its inner chunks is read alone and checked against that
+    piece; any other range is served from the whole file, checked. :meth:`read_shard` and
+    :meth:`read_inner_chunks` give vcfstore's own read path the same checks without Zarr's
+    per-chunk machinery.
     """
 
-    def __init__(self, store: LocalStore, root: Path, record: ChecksumRecord) -> None:
+    def __init__(self, store: Store, where: Where, record: ChecksumRecord) -> None:
         super().__init__(store)
-        self._root, self._record = root, record
+        self._where, self._record = where, record
         self._indexes: OrderedDict[str, bytes] = OrderedDict()
 
-    def _with_store(self, store: LocalStore) -> VerifyingStore:
-        return type(self)(store, self._root, self._record)
+    def _with_store(self, store: Store) -> VerifyingStore:
+        return type(self)(store, self._where, self._record)
 
     def describe(self, key: str) -> str:
         """The store, array and chunk of ``key``, for messages."""
-        return describe_key(self._root, key)
+        return describe_key(self._where, key)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         shard = self._record.shards.get(key)
@@ -215,7 +239,7 @@ class VerifyingStore(WrapperStore[LocalStore]):
         # Whole files are read and checked, then sliced: a range of a damaged file is no better.
         buf = await self._store.get(key, prototype, None)
         if key not in _UNRECORDED:
-            check_bytes(self._root, key, None if buf is None else buf.to_bytes(), self._record.files)
+            check_bytes(self._where, key, None if buf is None else buf.to_bytes(), self._record.files)
         if buf is None or byte_range is None:
             return buf
         return buf[_slice(byte_range, len(buf))]
@@ -229,8 +253,8 @@ class VerifyingStore(WrapperStore[LocalStore]):
     def _shard(self, key: str) -> ShardRecord:
         shard = self._record.shards.get(key)
         if shard is None:
-            check_bytes(self._root, key, None, self._record.files)  # absent from the record: raises
-            raise StoreError(f"{describe_key(self._root, key)} has no shard record; rebuild the store")
+            check_bytes(self._where, key, None, self._record.files)  # absent from the record: raises
+            raise StoreError(f"{describe_key(self._where, key)} has no shard record; rebuild the store")
         return shard
 
     async def _index(self, key: str, shard: ShardRecord) -> bytes:
@@ -239,7 +263,7 @@ class VerifyingStore(WrapperStore[LocalStore]):
             self._indexes.move_to_end(key)
             return self._indexes[key]
         buf = await self._store.get(key, default_buffer_prototype(), SuffixByteRequest(shard.index_nbytes))
-        where = describe_key(self._root, key)
+        where = describe_key(self._where, key)
         if buf is None:
             raise StoreError(f"{where} is missing; rebuild the store")
         data = buf.to_bytes()
@@ -255,7 +279,7 @@ class VerifyingStore(WrapperStore[LocalStore]):
     ) -> list[Buffer]:
         async def one(i: int) -> Buffer:
             offset, nbytes = (int(x) for x in index[i])
-            where = f"{describe_key(self._root, key)}, inner chunk {i}"
+            where = f"{describe_key(self._where, key)}, inner chunk {i}"
             if offset == _EMPTY:
                 raise StoreError(f"{where} is absent from its shard; rebuild the store")
             buf = await self._store.get(key, prototype, RangeByteRequest(offset, offset + nbytes))
@@ -272,7 +296,7 @@ class VerifyingStore(WrapperStore[LocalStore]):
         shard = self._shard(key)
         buf = sync(self._store.get(key, default_buffer_prototype(), None))
         data = None if buf is None else buf.to_bytes()
-        check_bytes(self._root, key, data, self._record.files)
+        check_bytes(self._where, key, data, self._record.files)
         assert data is not None
         return data, parse_shard_index(data[-shard.index_nbytes :])
 
@@ -283,7 +307,7 @@ class VerifyingStore(WrapperStore[LocalStore]):
             shard = self._shard(key)
             index = parse_shard_index(await self._index(key, shard))
             if len(which) and max(which) >= len(index):
-                raise StoreError(f"{describe_key(self._root, key)} has {len(index)} inner chunks, not {max(which) + 1}")
+                raise StoreError(f"{self.describe(key)} has {len(index)} inner chunks, not {max(which) + 1}")
             return [b.to_bytes() for b in await self._chunks(key, shard, which, index, default_buffer_prototype())]
 
         async def everything() -> list[list[bytes]]:
@@ -307,39 +331,70 @@ def _slice(r: ByteRequest, size: int) -> slice:
     raise StoreError(f"unsupported byte range {r!r}")
 
 
-def open_verified_group(path: Path) -> Any:
-    """The store's Zarr group, read through :class:`VerifyingStore`."""
+def open_verified_group(store: Store | Path, where: Where | None = None) -> Any:
+    """The store's Zarr group, read through :class:`VerifyingStore` (a directory or any Zarr store)."""
     import zarr
 
-    local = LocalStore(str(path), read_only=True)
-    return zarr.open_group(VerifyingStore(local, path, load_checksums(path)), mode="r")
+    store, where = resolve(store, where)
+    return zarr.open_group(VerifyingStore(store, where, load_checksums(store, where)), mode="r")
 
 
-def verify_files(path: Path, *, sizes_only: bool = False) -> list[str]:
-    """Check every recorded file of the store (and look for unrecorded chunks); one line per problem.
+def file_sizes(store: Store | Path) -> dict[str, int]:
+    """``{key: bytes}`` of every file of a store, from its listing (no file is read)."""
+    store, _ = resolve(store)
+    return sync(_file_sizes(store))
 
-    ``sizes_only`` checks presence and sizes from the directory listing without reading the
+
+async def _file_sizes(store: Store) -> dict[str, int]:
+    while isinstance(store, WrapperStore):
+        store = store._store
+    if isinstance(store, FsspecStore):
+        # One listing request per thousand objects, instead of one request per file.
+        prefix = store.path.rstrip("/")
+        found = await store.fs._find(prefix, detail=True)
+        return {name[len(prefix) + 1 :]: int(info["size"]) for name, info in found.items()}
+    return {key: await store.getsize(key) async for key in store.list()}
+
+
+def verify_files(store: Store | Path, where: Where | None = None, *, sizes_only: bool = False) -> list[str]:
+    """Check every recorded file of the store (and look for unrecorded files); one line per problem.
+
+    ``sizes_only`` checks presence and sizes from the store's listing without reading the
     files (what ``vcfstore info`` does); the full check reads and hashes everything.
     """
+    store, where = resolve(store, where)
     try:
-        recorded = load_checksums(path).files
+        recorded = load_checksums(store, where).files
     except StoreError as e:
         return [str(e)]
-    problems = []
-    for key in sorted(recorded):
-        p = path / key
-        try:
-            if sizes_only:
-                size = p.stat().st_size if p.is_file() else None
-                if size != recorded[key][0]:
-                    what = "is missing" if size is None else f"has {size} bytes, {recorded[key][0]} were written"
-                    raise StoreError(f"{describe_key(path, key)} {what}")
-            else:
-                check_bytes(path, key, p.read_bytes() if p.is_file() else None, recorded)
-        except StoreError as e:
-            problems.append(str(e))
-    for p in sorted(path.rglob("*")):
-        key = p.relative_to(path).as_posix()
-        if p.is_file() and key not in recorded and key not in _UNRECORDED:
-            problems.append(f"{describe_key(path, key)} is not in the store's checksum record (foreign file)")
+    listing = file_sizes(store)
+    if sizes_only:
+        problems = []
+        for key in sorted(recorded):
+            size, want = listing.get(key), recorded[key][0]
+            if size != want:
+                what = "is missing" if size is None else f"has {size} bytes, {want} were written"
+                problems.append(f"{describe_key(where, key)} {what}")
+    else:
+        problems = sync(_check_all(store, where, recorded))
+    for key in sorted(listing):
+        if key not in recorded and key not in _UNRECORDED:
+            problems.append(f"{describe_key(where, key)} is not in the store's checksum record (foreign file)")
     return problems
+
+
+async def _check_all(store: Store, where: Where, recorded: dict[str, tuple[int, str]]) -> list[str]:
+    """Read and check every recorded file, a few at a time; the problems in key order."""
+    gate = asyncio.Semaphore(_CONCURRENT_READS)
+
+    async def check(key: str) -> str | None:
+        async with gate:
+            buf = await store.get(key, default_buffer_prototype())
+        try:
+            check_bytes(where, key, None if buf is None else buf.to_bytes(), recorded)
+        except StoreError as e:
+            return str(e)
+        return None
+
+    found = await asyncio.gather(*(check(key) for key in sorted(recorded)))
+    return [p for p in found if p is not None]

@@ -1,10 +1,12 @@
 """The panel store: one reference panel in a Zarr v3 group, read lazily and fork-safely.
 
-The on-disk layout is described in :mod:`vcfstore.store.format`. Format 3's sharded ``alleles``
-are read by :class:`ShardedAlleles` (the shard index, then only the inner chunks a read needs,
-each checked against the checksum record, in one round trip) rather than through Zarr's
-per-chunk machinery, which costs about half a millisecond per inner chunk here; anything else
-(format 2 stores, other layouts) is read through Zarr, checked file by file.
+The on-disk layout is described in :mod:`vcfstore.store.format`. A store is a local directory
+or a URL on object storage (``s3://bucket/panel.vcfstore``, see :mod:`vcfstore.store.remote`).
+Format 3's sharded ``alleles`` are read by :class:`ShardedAlleles` (the shard index, then only
+the inner chunks a read needs, each checked against the checksum record, in one round trip)
+rather than through Zarr's per-chunk machinery, which costs about half a millisecond per inner
+chunk here; anything else (format 2 stores, other layouts) is read through Zarr, checked file by
+file. Both work the same on object storage: the pieces are byte-range reads of the shard objects.
 """
 
 from __future__ import annotations
@@ -12,52 +14,111 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vcfstore.errors import StoreError
+from vcfstore.errors import ArgumentError, StoreError
 from vcfstore.store.format import ATTR_KEY, READABLE_FORMAT_VERSIONS, SITE_COLUMNS, STORE_FORMAT_VERSION
 from vcfstore.store.vocab import Vocabulary, layout_tokens, pad_sites
 
+if TYPE_CHECKING:
+    from vcfstore.memory.budget import MemoryBudget
+    from vcfstore.store.integrity import Where
 
-def open_store(path: str | os.PathLike[str]) -> PanelStore:
+# Zarr (and the integrity and object-storage layers on it) loads when a store opens, so that
+# `import vcfstore` and the exact search work without it (the GPU benchmark's machine may lack it).
+DEFAULT_CHUNK_CACHE = "256MB"  # an object store's per-process cache of compressed chunks
+
+
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    budget: MemoryBudget | None = None,
+    chunk_cache: int | str = DEFAULT_CHUNK_CACHE,
+) -> PanelStore:
     """Open a panel store read-only. Only metadata is read; arrays are read on demand.
+
+    Parameters
+    ----------
+    path : path or URL
+        A store directory, or a URL on object storage (``s3://bucket/panel.vcfstore``).
+    storage_options : dict, optional
+        For URLs: fsspec's options (``key``, ``secret``, ``endpoint_url``, ``client_kwargs``,
+        ``config_kwargs``, ...). Without credentials, the usual AWS environment applies.
+    budget : MemoryBudget, optional
+        For URLs: chunks read from object storage are cached in each process under it.
+    chunk_cache : int or str
+        For URLs: the ceiling of that cache per process ("256MB"; 0 turns it off).
 
     Raises
     ------
     StoreError
-        If ``path`` is not a complete vcfstore panel store of a supported format version.
+        If ``path`` is not a complete vcfstore panel store of a supported format version, or
+        object storage cannot be reached or refuses the credentials.
     """
-    return PanelStore(path)
+    return PanelStore(path, storage_options=storage_options, budget=budget, chunk_cache=chunk_cache)
 
 
-def read_store_attrs(path: Path) -> dict[str, Any] | None:
-    """All attributes of a vcfstore group at ``path`` (one read), or None if it is not one."""
+def read_store_attrs(path: Path | Any, where: Where | None = None) -> dict[str, Any] | None:
+    """All attributes of a vcfstore group at ``path`` (a directory or a Zarr store), or None if it is not one."""
     import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
 
-    if not (path / "zarr.json").is_file():
+    from vcfstore.store.integrity import resolve
+
+    store, where = resolve(path, where)
+    if isinstance(path, Path) and not (path / "zarr.json").is_file():
+        return None
+    if not isinstance(path, Path) and sync(store.get("zarr.json", default_buffer_prototype())) is None:
         return None
     try:
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+        attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    except StoreError:
+        raise
     except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a damaged zarr.json
-        raise StoreError(f"{path}: the store's metadata cannot be read ({e})") from None
+        raise StoreError(f"{where}: the store's metadata cannot be read ({e})") from None
     return attrs if isinstance(attrs.get(ATTR_KEY), dict) else None
 
 
 class PanelStore:
-    """A read-only view of one panel store.
+    """A read-only view of one panel store, in a local directory or on object storage.
 
-    Opening reads the group's metadata only. Zarr handles are opened lazily in the process that
-    uses them and are reopened after a fork, so a store may be created before DataLoader workers
-    start (fork, spawn or forkserver); it pickles as its path.
+    Opening reads the group's metadata only. Zarr handles (and, for object storage, the
+    filesystem client and its chunk cache) are opened lazily in the process that uses them and
+    are reopened after a fork, so a store may be created before DataLoader workers start (fork,
+    spawn or forkserver); it pickles as its path or URL, options and metadata.
+
+    ``path`` is a :class:`~pathlib.Path` for a local store and the URL (a str) for object
+    storage; see :func:`open_store` for the other parameters.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise StoreError(f"{self.path}: no such store")
-        attrs = read_store_attrs(self.path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        budget: MemoryBudget | None = None,
+        chunk_cache: int | str = DEFAULT_CHUNK_CACHE,
+    ) -> None:
+        from vcfstore.store.remote import is_url, missing_store_message
+
+        self.remote = is_url(path)
+        self.path: Path | str = os.fspath(path).rstrip("/") if self.remote else Path(path)
+        if storage_options is not None and not self.remote:
+            raise ArgumentError(f"storage_options is for stores on object storage (URLs), not {self.path}")
+        self.storage_options, self.budget, self.chunk_cache = storage_options, budget, chunk_cache
+        if self.remote:
+            store = self._store(cached=False)
+            attrs = read_store_attrs(store, self.path)
+            if attrs is None:
+                raise StoreError(missing_store_message(store))
+        else:
+            if not Path(self.path).exists():
+                raise StoreError(f"{self.path}: no such store")
+            attrs = read_store_attrs(Path(self.path))
         if attrs is None:
             raise StoreError(f"{self.path}: not a vcfstore panel store")
         meta = dict(attrs[ATTR_KEY])
@@ -78,10 +139,16 @@ class PanelStore:
         self._sharded: ShardedAlleles | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "meta": self.meta}
+        state: dict[str, Any] = {"path": self.path, "meta": self.meta}
+        if self.remote:  # how to reach object storage again (each process opens its own client)
+            state.update(storage_options=self.storage_options, budget=self.budget, chunk_cache=self.chunk_cache)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.meta = state["path"], state["meta"]
+        self.remote = isinstance(self.path, str)
+        self.storage_options, self.budget = state.get("storage_options"), state.get("budget")
+        self.chunk_cache = state.get("chunk_cache", DEFAULT_CHUNK_CACHE)
         self._pid, self._root, self._sharded = None, None, None
 
     def __repr__(self) -> str:
@@ -96,11 +163,23 @@ class PanelStore:
         if self._root is None or self._pid != os.getpid():
             from vcfstore.store.integrity import open_verified_group
 
-            root = open_verified_group(self.path)
+            root = open_verified_group(self._store(cached=True), self.path)
             self._check_shapes(root)
             self._sharded = ShardedAlleles.of(root["alleles"])
             self._root, self._pid = root, os.getpid()
         return self._root
+
+    def _store(self, *, cached: bool) -> Any:
+        """A new Zarr store of this panel (unverified): LocalStore, or object storage with its chunk cache."""
+        from vcfstore.store.integrity import resolve
+        from vcfstore.store.remote import open_remote
+
+        if not self.remote:
+            return resolve(Path(self.path))[0]
+        assert isinstance(self.path, str)
+        return open_remote(
+            self.path, self.storage_options, cache_bytes=self.chunk_cache if cached else 0, budget=self.budget
+        )
 
     def _check_shapes(self, root: Any) -> None:
         """The arrays must have the shapes the metadata promises (a cheap guard against a mixed-up store)."""
@@ -117,6 +196,12 @@ class PanelStore:
             if got != shape:
                 raise StoreError(f"{self.path}: array {name} has shape {got}, the store's metadata says {shape}")
 
+    def chunk_cache_stats(self) -> dict[str, Any] | None:
+        """This process's cache of object-storage chunks (entries, hits, misses, bytes), or None."""
+        wrapped = getattr(self.root.store, "_store", None)  # the VerifyingStore wraps the remote reads
+        cache = getattr(wrapped, "cache", None)
+        return None if cache is None else cache.stats()
+
     def verify(self, *, sizes_only: bool = False) -> list[str]:
         """Check every file of the store against its checksum record; one line per damaged part (empty: intact).
 
@@ -124,10 +209,10 @@ class PanelStore:
         """
         from vcfstore.store.integrity import open_verified_group, verify_files
 
-        problems = verify_files(self.path, sizes_only=sizes_only)
+        problems = verify_files(self._store(cached=False), self.path, sizes_only=sizes_only)
         if not problems:
             try:
-                self._check_shapes(open_verified_group(self.path))
+                self._check_shapes(open_verified_group(self._store(cached=False), self.path))
             except StoreError as e:
                 problems.append(str(e))
         return problems
@@ -272,13 +357,14 @@ class PanelStore:
 
     # --- accounting ------------------------------------------------------------------------
     def disk_usage(self) -> dict[str, int]:
-        """Bytes on disk per array (path relative to the store)."""
+        """Bytes on disk (or in object storage) per array (path relative to the store)."""
+        from vcfstore.store.integrity import file_sizes
+
         out: dict[str, int] = {}
-        for p in self.path.rglob("*"):
-            if p.is_file():
-                rel = p.relative_to(self.path).parts
-                key = "/".join(rel[:2]) if rel[0] == "sites" and len(rel) > 2 else rel[0]
-                out[key] = out.get(key, 0) + p.stat().st_size
+        for name, size in file_sizes(self._store(cached=False)).items():
+            rel = name.split("/")
+            key = "/".join(rel[:2]) if rel[0] == "sites" and len(rel) > 2 else rel[0]
+            out[key] = out.get(key, 0) + size
         return dict(sorted(out.items()))
 
     def info(self) -> dict[str, Any]:
@@ -419,17 +505,18 @@ _META_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+def _check_meta(path: Path | str, meta: dict[str, Any]) -> None:
+    from vcfstore.store.integrity import key_location
+
+    file = key_location(path, "zarr.json")
     for key, want in _META_TYPES.items():
         value = meta.get(key)
         if not isinstance(value, want) or isinstance(value, bool):
-            raise StoreError(
-                f"{path / 'zarr.json'}: store attribute {key!r} is missing or has the wrong type; the store is damaged"
-            )
+            raise StoreError(f"{file}: store attribute {key!r} is missing or has the wrong type; the store is damaged")
     try:
         Vocabulary.from_dict(meta["vocab"])
         runs = [(str(c), int(a), int(b)) for c, a, b in meta["contig_runs"]]
     except (TypeError, ValueError) as e:
-        raise StoreError(f"{path / 'zarr.json'}: store attribute 'vocab' or 'contig_runs' is damaged ({e})") from None
+        raise StoreError(f"{file}: store attribute 'vocab' or 'contig_runs' is damaged ({e})") from None
     if meta["n_sites"] < 1 or meta["n_haplotypes"] < 2 or not runs or runs[-1][2] != meta["n_sites"]:
-        raise StoreError(f"{path / 'zarr.json'}: store attributes disagree (sites, haplotypes, contigs); damaged")
+        raise StoreError(f"{file}: store attributes disagree (sites, haplotypes, contigs); damaged")

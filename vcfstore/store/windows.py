@@ -55,6 +55,18 @@ def check_window_size(size: int, overlap: int) -> None:
         raise InputError(f"overlap must be in [0, window size) = [0, {size}), not {overlap}")
 
 
+def read_csv_rows(path: str | os.PathLike[str]) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a windows CSV with their 1-based line numbers (one-line errors)."""
+    try:
+        with open(path, newline="") as f:
+            rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if r and any(c.strip() for c in r)]
+    except OSError as e:
+        raise InputError(f"cannot read windows file {path}: {e.strerror}") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise InputError(f"windows file {path} is not a readable CSV file ({e})") from None
+    return rows
+
+
 def read_windows_csv(path: str | os.PathLike[str], *, allow_overlap: bool = False) -> np.ndarray:
     """Read ``[start, end)`` site indices from a CSV file.
 
@@ -70,13 +82,7 @@ def read_windows_csv(path: str | os.PathLike[str], *, allow_overlap: bool = Fals
     array [n_windows, 2] of int64
         Checked as far as possible without the panel; :func:`check_windows` checks the rest.
     """
-    try:
-        with open(path, newline="") as f:
-            rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if r and any(c.strip() for c in r)]
-    except OSError as e:
-        raise InputError(f"cannot read windows file {path}: {e.strerror}") from None
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise InputError(f"windows file {path} is not a readable CSV file ({e})") from None
+    rows = read_csv_rows(path)
     if not rows:
         raise InputError(f"windows file {path} is empty")
     cols = _columns(path, rows[0][1])

@@ -1,0 +1,126 @@
+"""Ingest speed: ``vcfstore build`` against bio2zarr's ``vcf2zarr convert`` and the decoding floor.
+
+Run ``python -m benchmarks.ingest`` (``--quick`` for a smoke run). Each tool runs on the same
+VCF file in its own process, one after the other on the same cores: the time is measured inside
+the process around the work alone (interpreter and import start-up excluded) and the peak
+anonymous memory is sampled from outside. The floor is cyvcf2 decoding every record's genotypes
+and nothing else. Panels: the real 1000 Genomes chr20 reference in ``../shared/data`` and an
+msprime panel of 20,000 haplotypes written as a VCF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vcfstore.simulate import simulate_panel
+from vcfstore.testing import run_measured
+
+from .common import REAL_DATA, dir_bytes, write_result
+
+# Each snippet does its work between two clock reads and prints the seconds as JSON.
+_FLOOR = """
+import json, sys, time
+from cyvcf2 import VCF
+t = time.perf_counter()
+n = 0
+for rec in VCF(sys.argv[1]):
+    rec.genotype.array()
+    n += 1
+print(json.dumps({"seconds": time.perf_counter() - t, "records": n}))
+"""
+_VCFSTORE = """
+import json, sys, time
+import vcfstore as vs
+t = time.perf_counter()
+vs.build_store(vs.VcfSource(sys.argv[1]), sys.argv[2], progress=False)
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+_VCF2ZARR = """
+import json, sys, time
+from bio2zarr import vcf
+t = time.perf_counter()
+vcf.convert([sys.argv[1]], sys.argv[2], worker_processes=0)
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+def _run(code: str, *args: str) -> dict[str, Any]:
+    r = run_measured([sys.executable, "-c", code, *args], interval=0.01)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "peak_anon": r.peak_anon}
+
+
+def measure(vcf: Path, work: Path, n_haplotypes: int) -> dict[str, Any]:
+    floor = _run(_FLOOR, str(vcf))
+    records = floor["records"]
+    out: dict[str, Any] = {"records": records, "haplotypes": n_haplotypes, "vcf_bytes": vcf.stat().st_size}
+    tools = {"cyvcf2 decode (floor)": (floor, None)}
+    store = work / "panel.vcfstore"
+    tools["vcfstore build"] = (_run(_VCFSTORE, str(vcf), str(store)), store)
+    vcz = work / "panel.vcz"
+    tools["vcf2zarr convert -p 0"] = (_run(_VCF2ZARR, str(vcf), str(vcz)), vcz)
+    for name, (r, path) in tools.items():
+        out[name] = {
+            "seconds": r["seconds"],
+            "records_per_s": records / r["seconds"],
+            "genotypes_per_s": records * n_haplotypes / r["seconds"],
+            "peak_anon": r["peak_anon"],
+            "bytes": dir_bytes(path) if path is not None else None,
+            "x_floor": r["seconds"] / floor["seconds"],
+        }
+    return out
+
+
+def _simulated_vcf(path: Path, n_haplotypes: int, length: float) -> Path:
+    from tests.helpers import vcf_from_arrays
+
+    ts = simulate_panel(n_haplotypes // 2, length, seed=5)
+    alleles = ts.genotype_matrix().T.astype(np.uint8)
+    positions = ts.tables.sites.position.astype(np.int64) + 1
+    return vcf_from_arrays(path, alleles, positions)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small panels (smoke test)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="vcfstore-ingest-") as tmp:
+        work = Path(tmp)
+        panels = []
+        real = REAL_DATA / "reference.vcf.gz"
+        if real.is_file() and not args.quick:
+            panels.append(("1000G chr20 reference, 600 haplotypes", real, 600))
+        n_hap, length = (400, 2e5) if args.quick else (20_000, 1e6)
+        sim = _simulated_vcf(work / "sim.vcf.gz", n_hap, length)
+        panels.append((f"msprime, {n_hap:,} haplotypes", sim, n_hap))
+        for name, vcf, haps in panels:
+            sub = work / name.split(",")[0].replace(" ", "_")
+            sub.mkdir()
+            results[name] = measure(vcf, sub, haps)
+    path = write_result("ingest_quick" if args.quick else "ingest", {"panels": results}, args.out)
+    for name, r in results.items():
+        print(f"\n{name}: {r['records']:,} records")
+        print("| tool | seconds | records/s | genotypes/s | peak anon MB | bytes | x floor |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for tool, t in r.items():
+            if isinstance(t, dict):
+                size = f"{t['bytes']:,}" if t["bytes"] is not None else "-"
+                print(
+                    f"| {tool} | {t['seconds']:.2f} | {t['records_per_s']:,.0f} | {t['genotypes_per_s']:.3g} | "
+                    f"{t['peak_anon'] / 1e6:.0f} | {size} | {t['x_floor']:.2f} |"
+                )
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
