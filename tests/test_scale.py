@@ -262,16 +262,19 @@ def test_exact_search_and_the_gpu_benchmark_import_without_zarr_or_faiss():
         assert "ImportError" not in r.stderr and "ModuleNotFoundError" not in r.stderr
 
 
-def _search(device: str, n: int, n_sites: int, *, seed: int, positionwise_terms: bool) -> tuple:
+def _search(
+    device: str, n: int, n_sites: int, *, seed: int, positionwise_terms: bool, packed: bool = False, method="auto"
+) -> tuple:
     """48 masked mosaic queries against ``n`` mosaic references on ``device``, K = 8.
 
     ``positionwise_terms``: VCF-Bert's layer with its position and AF terms (per-site terms that
     differ by float32 rounding); else without them, at one AF for every site, so every site's
     terms are bitwise equal and distances are exactly c x the masked Hamming distance.
+    ``packed``: the references given bit-packed (:class:`PackedAlleles`).
     """
     import torch
 
-    from vcfstore.retrieval import ExactSearcher, VcfBertEmbedding
+    from vcfstore.retrieval import ExactSearcher, PackedAlleles, VcfBertEmbedding
     from vcfstore.store.vocab import Vocabulary, layout_tokens
 
     vocab = Vocabulary()
@@ -285,9 +288,54 @@ def _search(device: str, n: int, n_sites: int, *, seed: int, positionwise_terms:
     queries = layout_tokens(held, n_sites + 2, vocab, mask)
     torch.manual_seed(0)
     layer = VcfBertEmbedding(64, max_len=n_sites + 2).to(device)
-    searcher = ExactSearcher(layer, {"pos": positionwise_terms}, device=device)
-    dist, idx = searcher.search(refs, queries, 8, max_seq_len=n_sites + 2, vocab=vocab, ref_af=af)
+    searcher = ExactSearcher(layer, {"pos": positionwise_terms}, device=device, method=method)
+    given = PackedAlleles(np.packbits(refs, axis=1), n_sites) if packed else refs
+    dist, idx = searcher.search(given, queries, 8, max_seq_len=n_sites + 2, vocab=vocab, ref_af=af)
     return dist, idx, refs, held, ~mask[1:-1]
+
+
+def test_exact_search_on_packed_references_at_20k_is_exact():
+    """Above ROW_WISE_REFS the counts go row by row over blocks; packed or not, the result is exact.
+
+    Bitwise-equal terms: the indices equal an integer brute force (ties by lowest index). VCF-Bert's
+    terms: packed and uint8 references, by the count bounds, equal the exact sums of every reference.
+    """
+    from vcfstore.retrieval import exact_search as es
+
+    n = 20_000
+    assert n > es.ROW_WISE_REFS
+    _, idx, refs, held, keep = _search("cpu", n, 150, seed=5, positionwise_terms=False, packed=True)
+    hamming = ((refs[None, :, keep] != held[:, None, keep]).sum(-1)).astype(np.int64)
+    want = np.lexsort((np.broadcast_to(np.arange(n), hamming.shape), hamming), axis=-1)[:, :8]
+    np.testing.assert_array_equal(idx, want)
+    found = [_search("cpu", n, 150, seed=6, positionwise_terms=True, packed=p) for p in (True, False)]
+    every = _search("cpu", n, 150, seed=6, positionwise_terms=True, method="matmul")
+    for dist, idx, *_ in found:
+        np.testing.assert_array_equal(idx, every[1])
+        np.testing.assert_array_equal(dist, every[0])
+
+
+def test_smallest_pairs_equal_a_full_partition():
+    from vcfstore.retrieval import exact_search as es
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-40, 40, (6, 30_000)).astype(np.int32)  # many ties
+    x[1, :5000] = -50  # a row whose first columns hold its smallest value, 5,000 times
+    x[2] = np.arange(30_000)[::-1]  # one whose first columns are its largest: the rows are partitioned whole
+    for k in (1, 8, 300):
+        kth, rows, cols = es.smallest_pairs(x, k)
+        want = np.partition(x, k - 1, axis=1)[:, k - 1]
+        np.testing.assert_array_equal(kth, want)
+        want_rows, want_cols = np.nonzero(x <= want[:, None])
+        np.testing.assert_array_equal(rows, want_rows)
+        np.testing.assert_array_equal(cols, want_cols)
+
+
+def test_packed_alleles_refuse_a_wrong_shape():
+    from vcfstore.retrieval import PackedAlleles
+
+    with pytest.raises(vs.ArgumentError, match=r"packed alleles must be uint8 \[n_ref, 13\]"):
+        PackedAlleles(np.zeros((4, 12), np.uint8), 100)
 
 
 @cuda
