@@ -14,10 +14,14 @@ haplotypes, unpacked and packed) and of a 16-row gather, from both stores; and t
 trade-off (inner chunk height against size and gather time) on the first shards.
 
 Exact search: 48 masked queries (the held-out haplotypes, masked by :class:`MaskSchedule`)
-against the N haplotypes of the middle window, K = 8, VCF-Bert's layer (D = 192, position and
-AF terms), through the public :class:`vcfstore.retrieval.ExactSearcher`: best time per batch
+against the N haplotypes of the middle window, read bit-packed (:class:`PackedAlleles`), K = 8,
+VCF-Bert's layer (D = 192, position and AF terms), through the public
+:class:`vcfstore.retrieval.ExactSearcher`: best time per batch
 and peak anonymous memory, each N in its own measured subprocess; a log-log plot of time
 against N.
+
+``--synthetic-sizes``: the search alone (CPU, references read packed) on synthetic haplotypes of
+those sizes, for sizes whose store takes too long to build on a small machine (plotted apart).
 
 ``--gpu-only``: the same search on synthetic haplotypes (mosaics of 64 founders with 0.5 %
 noise, so that ties occur), on CUDA and on the CPU, compared (:func:`compare`: equal indices,
@@ -67,16 +71,23 @@ def _child_search(args: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(args.get("threads") or torch.get_num_threads())
     if args.get("synthetic"):
-        alleles, queries, af, max_seq_len, vocab = _synthetic(args["n"], args["sites"], seed=args["seed"])
+        n_sites = args["sites"]
+        alleles, queries, af, max_seq_len, vocab = _synthetic(
+            args["n"], n_sites, seed=args["seed"], packed=args.get("packed", False)
+        )
     else:
         import vcfstore as vs
+        from vcfstore.retrieval import PackedAlleles
 
         store = vs.open_store(args["store"])
         w = args["window"]
-        alleles, af, max_seq_len, vocab = store.window_alleles(w), store.window_af(w), store.max_seq_len, store.vocab
+        # The search reads the window packed, as the store holds it: an eighth of its uint8 alleles.
+        n_sites = len(store.window_sites(w))
+        alleles = PackedAlleles(store.window_packed(w), n_sites)
+        af, max_seq_len, vocab = store.window_af(w), store.max_seq_len, store.vocab
         queries = np.load(args["queries"])
     base = StatmMeter().read().anon
-    out = {"window_bytes_unpacked": alleles.nbytes, "window_bytes_packed": len(alleles) * -(-alleles.shape[1] // 8)}
+    out = {"window_bytes_unpacked": len(alleles) * n_sites, "window_bytes_packed": len(alleles) * -(-n_sites // 8)}
     for device in args["devices"]:
         out[device] = _time_search(alleles, queries, af, max_seq_len, vocab, device, args["repeat"])
     out["anon_before_search"] = base
@@ -110,7 +121,7 @@ def compare(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], 
 
 
 def _time_search(
-    alleles: np.ndarray, queries: np.ndarray, af: np.ndarray, max_seq_len: int, vocab: Any, device: str, repeat: int
+    alleles: Any, queries: np.ndarray, af: np.ndarray, max_seq_len: int, vocab: Any, device: str, repeat: int
 ) -> dict[str, Any]:
     import torch
 
@@ -141,8 +152,14 @@ def _time_search(
     return res
 
 
-def _synthetic(n: int, n_sites: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, Any]:
-    """Mosaic haplotypes: runs of about 100 sites copied from 64 founders, 0.5 % of alleles flipped."""
+def _synthetic(
+    n: int, n_sites: int, *, seed: int, packed: bool = False
+) -> tuple[Any, np.ndarray, np.ndarray, int, Any]:
+    """Mosaic haplotypes: runs of about 100 sites copied from 64 founders, 0.5 % of alleles flipped.
+
+    ``packed``: the references as :class:`PackedAlleles`, packed slice by slice (the same draws).
+    """
+    from vcfstore.retrieval import PackedAlleles
     from vcfstore.store.masks import MaskSchedule
     from vcfstore.store.vocab import Vocabulary, layout_tokens
 
@@ -150,21 +167,24 @@ def _synthetic(n: int, n_sites: int, *, seed: int) -> tuple[np.ndarray, np.ndarr
     founders = (rng.random((64, n_sites)) < rng.beta(0.3, 1.5, n_sites)).astype(np.uint8)
     runs = -(-n_sites // 100)
 
-    def mosaic(m: int) -> np.ndarray:
-        out = np.empty((m, n_sites), dtype=np.uint8)
+    def mosaic(m: int, pack: bool = False) -> np.ndarray:
+        out = np.empty((m, -(-n_sites // 8) if pack else n_sites), dtype=np.uint8)
         for s in range(0, m, 65536):  # in slices: the temporaries stay small at a million rows
             k = min(65536, m - s)
             who = rng.integers(0, 64, (k, runs), dtype=np.int8).repeat(100, axis=1)[:, :n_sites]
             noise = rng.random((k, n_sites), dtype=np.float32) < 0.005
-            out[s : s + k] = founders[who, np.arange(n_sites)] ^ noise
+            rows = founders[who, np.arange(n_sites)] ^ noise
+            out[s : s + k] = np.packbits(rows, axis=1) if pack else rows
         return out
 
-    alleles, held = mosaic(n), mosaic(N_QUERIES)
+    alleles, held = mosaic(n, packed), mosaic(N_QUERIES)
+    head = alleles[: min(n, 20_000)]
     af = np.zeros(n_sites + 2, dtype=np.float32)
-    af[1:-1] = alleles[: min(n, 20_000)].mean(axis=0)
+    af[1:-1] = (np.unpackbits(head, axis=1, count=n_sites) if packed else head).mean(axis=0)
     mask = np.zeros(n_sites + 2, dtype=bool)
     mask[1:-1] = MaskSchedule(1).site_mask(af[1:-1], 0, 0, MASK_RATE)
     vocab = Vocabulary()
+    alleles = PackedAlleles(alleles, n_sites) if packed else alleles
     return alleles, layout_tokens(held, n_sites + 2, vocab, mask), af, n_sites + 2, vocab
 
 
@@ -293,12 +313,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ("CPU, msprime panels", result.get("search", []), "cpu"),
         ("CPU, synthetic", result.get("gpu", []), "cpu"),
         ("CUDA, synthetic", result.get("gpu", []), "cuda"),
+        ("CPU, synthetic (no store built)", result.get("synthetic", []), "cpu"),
     ):
         pts = [(r["n"], r[key]["best_s"] * 1e3) for r in rows if key in r]
         if pts:
             n, ms = np.array(pts).T
             ax.plot(n, ms, "o-", label=label)
-    ref = [(r["n"], r["cpu"]["best_s"] * 1e3) for r in result.get("search", []) + result.get("gpu", []) if "cpu" in r]
+    rows = result.get("search", []) + result.get("gpu", []) + result.get("synthetic", [])
+    ref = [(r["n"], r["cpu"]["best_s"] * 1e3) for r in rows if "cpu" in r]
     if ref:
         n0, t0 = min(ref)
         xs = np.array([n0, max(n for n, _ in ref)])
@@ -371,7 +393,11 @@ def print_report(result: dict[str, Any]) -> None:
         ]
         title = f"\nlayout at N = {t['n']:,}, first {t['sites']:,} sites: inner chunk height"
         print(_table(title, ["haplotypes per inner chunk", "bits/genotype", "window ms", "gather ms", "build s"], rows))
-    for key, title in (("search", "exact search, msprime panels"), ("gpu", "exact search, synthetic panels")):
+    for key, title in (
+        ("search", "exact search, msprime panels"),
+        ("gpu", "exact search, synthetic panels"),
+        ("synthetic", "exact search, synthetic panels read packed, no store built"),
+    ):
         rows = []
         for r in result.get(key, []):
             cells = [f"{r['n']:,}", f"{r['cpu']['best_s'] * 1e3:.1f}" if "cpu" in r else "-"]
@@ -453,6 +479,20 @@ def run_stores(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return result
 
 
+def run_synthetic(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The exact search on the CPU for ``--synthetic-sizes``: sizes whose store would take too long to build here."""
+    rows = []
+    for n in args.synthetic_sizes:
+        child = {"synthetic": True, "packed": True, "n": n, "sites": 1028, "seed": args.seed, "devices": ["cpu"]}
+        child["repeat"] = min(args.repeat, 3)
+        r = _run_child("search", child)
+        r["n"] = n
+        rows.append(r)
+        ms, mb = r["cpu"]["best_s"] * 1e3, r["peak_anon"] / 1e6
+        print(f"N={n:,} (synthetic): exact search {ms:.1f} ms, peak {mb:,.0f} MB", flush=True)
+    return rows
+
+
 def run_gpu(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
@@ -483,6 +523,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per figure (best is reported)")
     ap.add_argument("--block-sites", type=int, default=256, help="sites decoded at once while building")
+    ap.add_argument(
+        "--synthetic-sizes",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[],
+        help="haplotype counts searched on synthetic panels only (no store: too long to build on a small machine)",
+    )
     ap.add_argument("--vcf2zarr-max", type=int, default=200_000, help="largest N converted with bio2zarr")
     ap.add_argument("--layout-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
     ap.add_argument("--layout-heights", type=lambda s: [int(x) for x in s.split(",")], default=[256, 1024, 4096, 16384])
@@ -512,6 +558,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         with tempfile.TemporaryDirectory(prefix="vcfstore-scale-", dir=args.work or os.environ.get("TMPDIR")) as tmp:
             result.update(run_stores(args, Path(tmp)))
+        if args.synthetic_sizes:
+            result["synthetic"] = run_synthetic(args)
         name = "scale_quick" if args.quick else "scale"
     result["parameters"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"}
     print_report(result)
