@@ -315,6 +315,29 @@ def test_exact_search_on_packed_references_at_20k_is_exact():
         np.testing.assert_array_equal(dist, every[0])
 
 
+def test_pair_sums_over_distinct_rows_equal_the_sums_of_every_reference():
+    """Candidates that are copies of a few haplotypes are summed once per distinct row, packed or not."""
+    from vcfstore.retrieval import PackedAlleles
+    from vcfstore.retrieval import exact_search as es
+
+    rng = np.random.default_rng(3)
+    few = rng.integers(0, 2, (5, 77), dtype=np.uint8)
+    alleles = few[rng.integers(0, 5, 20_000)]  # 20,000 references, 5 distinct rows
+    alleles[::997] = rng.integers(0, 2, (len(alleles[::997]), 77))  # and a few unique ones
+    w = rng.normal(size=(6, 77)) * (rng.random((6, 77)) < 0.6)
+    hi, lo, g1, g2 = es.exact_site_sums(w, alleles)  # every reference, in blocks of EXACT_BLOCK
+    assert len(alleles) > es.EXACT_BLOCK
+    np.testing.assert_allclose(hi * g1 + lo * g2, w @ alleles.T.astype(np.float64), rtol=1e-12, atol=1e-9)
+    rows, cols = np.nonzero(rng.random((6, 20_000)) < 0.3)
+    for given in (alleles, PackedAlleles(np.packbits(alleles, axis=1), 77)):
+        reps, group = es.distinct_rows(given, cols)
+        np.testing.assert_array_equal(alleles[reps[group]], alleles[cols])
+        assert len(reps) == len(np.unique(alleles[np.unique(cols)], axis=0))
+        phi, plo, *_ = es.exact_pair_sums(w, given, rows, cols)
+        np.testing.assert_array_equal(phi, hi[rows, cols])
+        np.testing.assert_array_equal(plo, lo[rows, cols])
+
+
 def test_smallest_pairs_equal_a_full_partition():
     from vcfstore.retrieval import exact_search as es
 

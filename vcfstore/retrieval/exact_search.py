@@ -89,6 +89,8 @@ THREADED_WORDS = 1 << 23
 ROW_WISE_REFS = 1 << 14
 # Columns whose k-th smallest value bounds a row's before the row is searched (smallest_pairs).
 SELECT_HEAD = 4096
+# References converted to float64 at a time for the exact sums of every reference (8 bytes a site each).
+EXACT_BLOCK = 8192
 
 
 @dataclass
@@ -318,21 +320,40 @@ def _normalise(hi: np.ndarray, lo: np.ndarray, b: int) -> tuple[np.ndarray, np.n
     return hi + carry, lo - carry * 2.0**b
 
 
-def exact_site_sums(w: np.ndarray, alleles: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+def exact_site_sums(w: np.ndarray, alleles: np.ndarray | PackedAlleles) -> tuple[np.ndarray, np.ndarray, float, float]:
     """``alleles @ w.T`` as exact integer pairs: (hi, lo, g1, g2) with sum = hi g1 + lo g2, 0 <= lo < g1 / g2.
 
     Each ``w`` is split as ``A g1 + B g2`` (rounding at most ``g2 / 2``) with integers
     ``|A| <= 2^b`` and ``|B| <= 2^(b-1)``, ``b = 52 - ceil(log2(sites + 1))``: sums of at most
     ``sites`` of them stay below 2^53, so the float64 products are exact. ``(hi, lo)`` compare
     lexicographically as the sums do. The grids depend only on ``w``, so the sums of any subset
-    of references (:func:`exact_pair_sums`) are those of the whole set.
+    of references (:func:`exact_pair_sums`) are those of the whole set. References are converted
+    to float64 ``EXACT_BLOCK`` at a time, so the temporaries do not grow with the panel.
     """
     split, g1, g2, b = _integer_split(w)
-    r = torch.from_numpy(alleles).to(torch.float64)
-    # torch's float64 product (the sums are exact in any order); NumPy's BLAS threads stall on a busy machine
-    prod = (torch.from_numpy(split.reshape(-1, w.shape[1])) @ r.T).numpy().reshape(len(w), 2, -1)
+    lhs = torch.from_numpy(split.reshape(-1, w.shape[1]))
+    prod = np.empty((len(lhs), len(alleles)))
+    for s in range(0, len(alleles), EXACT_BLOCK):
+        r = torch.from_numpy(_unpacked(alleles, np.arange(s, min(len(alleles), s + EXACT_BLOCK))))
+        # torch's float64 product (the sums are exact in any order); NumPy's BLAS threads stall on a busy machine
+        prod[:, s : s + len(r)] = (lhs @ r.to(torch.float64).T).numpy()
+    prod = prod.reshape(len(w), 2, -1)
     hi, lo = _normalise(prod[:, 0], prod[:, 1], b)
     return hi, lo, g1, g2
+
+
+def distinct_rows(alleles: np.ndarray | PackedAlleles, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct allele rows among references ``cols``: (one reference of each, each col's row number).
+
+    References with identical alleles have identical sums for every query, whatever its mask: in
+    a large panel the candidates tied with the K-th are mostly copies of a few haplotypes (at
+    200,000 msprime haplotypes and 1,026 sites: 132,369 pairs of 79,399 references, 219 rows).
+    """
+    uc, inverse = np.unique(cols, return_inverse=True)
+    bits = alleles.bits[uc] if isinstance(alleles, PackedAlleles) else np.packbits(alleles[uc], axis=1)
+    keys = np.ascontiguousarray(bits).view(np.dtype((np.void, max(1, bits.shape[1])))).ravel()
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)
+    return uc[first], group.ravel()[inverse]
 
 
 def exact_pair_sums(
@@ -341,16 +362,21 @@ def exact_pair_sums(
     """:func:`exact_site_sums` for the pairs (query ``rows[i]``, reference ``cols[i]``) only: hi, lo [n_pairs].
 
     ``rows`` must be sorted (as ``np.nonzero`` gives them): each query's references are summed
-    in one product.
+    in one product, over the distinct allele rows among them (:func:`distinct_rows`).
     """
     split, g1, g2, b = _integer_split(w)
     out = np.empty((len(rows), 2))
-    refs = _unpacked(alleles, cols).astype(np.float64)  # [n_pairs, sites]
+    reps, group = distinct_rows(alleles, cols)
+    refs = _unpacked(alleles, reps).astype(np.float64)  # [distinct rows, sites]
     bounds = np.searchsorted(rows, np.arange(len(w) + 1))
     for i in range(len(w)):
         s, e = bounds[i], bounds[i + 1]
         if e > s:
-            out[s:e] = refs[s:e] @ split[i].T
+            if 2 * len(refs) <= e - s:  # most rows needed: all of them in one product
+                out[s:e] = (refs @ split[i].T)[group[s:e]]
+            else:
+                need, inverse = np.unique(group[s:e], return_inverse=True)
+                out[s:e] = (refs[need] @ split[i].T)[inverse]
     hi, lo = _normalise(out[:, 0], out[:, 1], b)
     return hi, lo, g1, g2
 
@@ -778,7 +804,7 @@ class ExactSearcher:
                 "this layer's are not: use method='auto' or 'matmul'"
             )
         if self.method == "matmul":
-            hi, lo, g1, g2 = exact_site_sums(w, _unpacked(alleles))
+            hi, lo, g1, g2 = exact_site_sums(w, alleles)
             idx = rank_keys(hi, lo, k)
             hi, lo = np.take_along_axis(hi, idx, 1), np.take_along_axis(lo, idx, 1)
         else:
@@ -820,7 +846,7 @@ class ExactSearcher:
         if len(rows) * 4 < s0.size:  # few survivors (K and their ties): their sums alone
             hi, lo, g1, g2 = exact_pair_sums(w, alleles, rows, cols)
         else:
-            hi_all, lo_all, g1, g2 = exact_site_sums(w, _unpacked(alleles))
+            hi_all, lo_all, g1, g2 = exact_site_sums(w, alleles)
             hi, lo = hi_all[rows, cols], lo_all[rows, cols]
         pick = _first_k(rows, cols, hi, lo, k, len(w))
         return cols[pick], hi[pick], lo[pick], g1, g2
