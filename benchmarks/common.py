@@ -10,8 +10,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 RESULTS = Path(__file__).resolve().parent / "results"
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "1kg_chr20_eur"
 
@@ -33,7 +31,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "python": platform.python_version(),
         "versions": versions,
         "date": time.strftime("%Y-%m-%d %H:%M:%S%z"),

@@ -6,8 +6,9 @@ Panels: an msprime panel of the real shape's haplotype count (2008 haplotypes) a
 1000 Genomes chr20 reference (600 haplotypes, 23,670 SNVs). For each: raw int64 tokens (what
 the original design keeps in RAM), raw uint8, raw bit-packed, bit-packed + Zstd at several chunk
 shapes, uint8 + Blosc bit-shuffle, bio2zarr's ``vcf2zarr`` output of the same VCF, and the
-vcfstore store as built by default; then the read time of a whole window and of a 16-row gather
-for vcfstore and vcf2zarr.
+vcfstore store as built by default; then the read time of a whole window (unpacked and packed)
+and of a 16-row gather for vcfstore and vcf2zarr. Larger panels (20,000 to 1,000,000
+haplotypes): ``python -m benchmarks.scale``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ import numpy as np
 
 import vcfstore as vs
 from vcfstore.simulate import TreeSequenceSource, simulate_panel
+from vcfstore.store.builder import DEFAULT_CHUNK_SITES, DEFAULT_HAPLOTYPE_CHUNK, DEFAULT_ZSTD_LEVEL
 from vcfstore.testing import best_time
 
 from .common import REAL_DATA, dir_bytes, write_result
+
+DEFAULT_LABEL = (
+    f"vcfstore default (shards of all haplotypes x {DEFAULT_CHUNK_SITES} sites, "
+    f"inner chunks of {DEFAULT_HAPLOTYPE_CHUNK} haplotypes, Zstd {DEFAULT_ZSTD_LEVEL})"
+)
 
 
 def _zarr_variant(path: Path, data: np.ndarray, chunks: tuple[int, int], codec: Any) -> int:
@@ -69,7 +76,7 @@ def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path)
         "uint8, raw": 8.0,
         "bit-packed, raw": packed.nbytes * 8 / genotypes,
     }
-    zstd = ZstdCodec(level=vs.store.builder.DEFAULT_ZSTD_LEVEL)
+    zstd = ZstdCodec(level=DEFAULT_ZSTD_LEVEL)
     variants = {
         "uint8, sites x 1024, Blosc-zstd bitshuffle": (
             alleles,
@@ -83,7 +90,7 @@ def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path)
     for label, (data, chunks, codec) in variants.items():
         path = work / name.replace(" ", "_") / label.replace(" ", "_").replace(",", "")
         bits[label] = _zarr_variant(path, data, chunks, codec) * 8 / genotypes
-    bits["vcfstore default (all haplotypes x 2048 sites, Zstd 15)"] = store.disk_usage()["alleles"] * 8 / genotypes
+    bits[DEFAULT_LABEL] = store.disk_usage()["alleles"] * 8 / genotypes
 
     vcf = vcf or _vcf_for(store, work / f"{name}.vcf.gz")
     vcz = work / f"{name}.vcz"
@@ -101,6 +108,7 @@ def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path)
     samples = np.unique(rows // 2)
     reads_ms = {
         "vcfstore whole window": best_time(lambda: store.window_alleles(w)) * 1e3,
+        "vcfstore whole window, packed": best_time(lambda: store.window_packed(w)) * 1e3,
         "vcfstore 16-row gather": best_time(lambda: store.window_alleles(w, rows)) * 1e3,
         "vcf2zarr whole window": best_time(lambda: gt[sites.start : sites.stop]) * 1e3,
         "vcf2zarr 16-row gather": best_time(lambda: gt.oindex[sites.start : sites.stop, samples]) * 1e3,
@@ -112,8 +120,7 @@ def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path)
         "window_sites": len(sites),
         "bits_per_genotype": bits,
         "bytes_per_1030_site_window": {k: v * n_hap * 1030 / 8 for k, v in bits.items()},
-        "vcfstore_over_vcf2zarr": bits["vcfstore default (all haplotypes x 2048 sites, Zstd 15)"]
-        / bits["vcf2zarr call_genotype (default layout)"],
+        "vcfstore_over_vcf2zarr": bits[DEFAULT_LABEL] / bits["vcf2zarr call_genotype (default layout)"],
         "read_ms": reads_ms,
     }
 

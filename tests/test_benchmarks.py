@@ -49,6 +49,18 @@ def test_integrity_quick(tmp_path):
     assert result["store_reads"]["window_verified_ms"] > 0 and result["index_first_open"]["warm_s"] > 0
 
 
+def test_scale_quick(tmp_path):
+    _run_quick("benchmarks.scale", tmp_path)
+    result = json.loads((tmp_path / "scale_quick.json").read_text())
+    stores = result["stores"]
+    assert [s["n"] for s in stores] == [200, 2000]
+    assert all(s["vcfstore_bits"] < s["vcf2zarr_bits"] for s in stores)
+    assert all(0 < s["build"]["grew"] < s["build_bound"] for s in stores)
+    assert all(s["reads"]["vcfstore_gather16_ms"] > 0 for s in stores)
+    assert [r["n"] for r in result["search"]] == [200, 2000] and all(r["cpu"]["best_s"] > 0 for r in result["search"])
+    assert (tmp_path / "scale_quick.png").stat().st_size > 10_000
+
+
 def test_ingest_quick(tmp_path):
     _run_quick("benchmarks.ingest", tmp_path)
     result = json.loads((tmp_path / "ingest_quick.json").read_text())

@@ -268,3 +268,37 @@ def test_dropped_connections_are_retried_a_bounded_number_of_times(remote, s3, s
             assert 3 <= proxy.connections <= 6  # 3 attempts (each may open 2 connections), then the error
     finally:
         proxy.close()
+
+
+def test_sharded_pieces_are_read_checked_and_cached_over_s3(s3, sim_arrays):
+    import s3fs
+
+    alleles, positions = sim_arrays
+    url = f"s3://{BUCKET}/sharded.vcfstore"
+    opts = s3.storage_options()
+    vs.build_from_arrays(
+        alleles, positions, url, window_size=300, chunk_sites=256, haplotype_chunk=32, storage_options=opts
+    )
+    store = vs.open_store(url, storage_options=opts)
+    rows = np.array([199, 3, 3, 70])  # inner chunks 6, 0 and 2 of 7: read piece by piece, not whole shards
+    for _ in range(2):
+        np.testing.assert_array_equal(store.read_alleles(256, 700, rows), alleles[rows, 256:700])
+    cache = store.chunk_cache_stats()
+    assert cache is not None and cache["hits"] > 0 and cache["entries"] > 0
+    np.testing.assert_array_equal(store.window_alleles(1), _truth(sim_arrays, store, 1))
+    # One damaged inner chunk on the server: caught where it is read, the others still serve.
+    fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+    key = f"{BUCKET}/sharded.vcfstore/alleles/c/0/1"
+    data = bytearray(fs.cat(key))
+    index = np.frombuffer(bytes(data[-(16 * 7 + 4) : -4]), "<u8").reshape(-1, 2)
+    offset, nbytes = (int(x) for x in index[2])  # haplotypes 64..95
+    data[offset + nbytes // 2] ^= 0x10
+    fs.pipe(key, bytes(data))
+    store = vs.open_store(url, storage_options=opts)
+    np.testing.assert_array_equal(store.read_alleles(256, 512, rows[:2]), alleles[rows[:2], 256:512])
+    with pytest.raises(
+        vs.StoreError, match=r"sharded\.vcfstore: array alleles, chunk \(0, 1\), inner chunk 2 is damaged"
+    ):
+        store.read_alleles(256, 512, np.array([70]))
+    with pytest.raises(vs.StoreError, match=r"array alleles, chunk \(0, 1\) is damaged"):
+        store.read_alleles(256, 512)

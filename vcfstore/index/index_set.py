@@ -14,6 +14,7 @@ may be created before DataLoader workers fork; it pickles as its directory and s
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import warnings
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from vcfstore.index.mapping import ADVICE, DEFAULT_ADVICE, MappedIndex, advise_m
 from vcfstore.index.runtime import faiss, set_search_threads
 from vcfstore.memory.budget import MemoryBudget
 from vcfstore.memory.lru import LruCache
-from vcfstore.retrieval.embedding import Embedding, check_pos_stated, embedding_digest, eval_mode, to_numpy
+from vcfstore.retrieval.embedding import Embedding, check_pos_stated, embed, embedding_digest, eval_mode, to_numpy
 from vcfstore.retrieval.exact_search import top_k
 from vcfstore.store.masks import masks_version
 from vcfstore.store.reader import PanelStore
@@ -42,6 +43,42 @@ _VERIFIED: dict[str, tuple[tuple[int, int, int], str]] = {}
 def _file_identity(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+# Bytes per stored value of the kinds whose size is known before building (vectors x dimension x this).
+_VALUE_BYTES = {"Flat": 4.0, "SQfp16": 2.0, "SQ8": 1.0, "SQ4": 0.5}
+MAX_WINDOW_INDEX_BYTES = 64 << 30  # one window's index larger than this is refused up front
+
+
+def _check_room(
+    store: PanelStore, embedding: Embedding, kind: str, n_windows: int, directory: Path, **call: Any
+) -> None:
+    """Refuse, before building anything, index files that could never be written or searched here.
+
+    One window's index of a known kind holds ``n_haplotypes x max_seq_len x D`` values; D comes
+    from embedding one row. Other kinds (PQ, IVF-PQ, HNSW, ...) are not sized in advance.
+    """
+    per_value = _VALUE_BYTES.get(factory_string(kind))
+    if per_value is None or n_windows == 0:
+        return
+    import torch
+
+    with torch.no_grad(), eval_mode(embedding):
+        dim = embed(embedding, store.window_tokens(0, rows=np.arange(1)), store.window_af(0), **call).shape[-1]
+    per_window = store.n_haplotypes * store.max_seq_len * dim * per_value
+    free = shutil.disk_usage(directory).free
+    if per_window > MAX_WINDOW_INDEX_BYTES or per_window * n_windows > free:
+        raise IndexSetError(
+            f"a {kind!r} index of one window needs {store.n_haplotypes:,} haplotypes x {store.max_seq_len} x "
+            f"{dim} x {per_value:g} bytes = {_size(per_window)} ({_size(per_window * n_windows)} for {n_windows} "
+            f"windows; {_size(free)} free in {directory}, at most {_size(MAX_WINDOW_INDEX_BYTES)} a window): "
+            "use backend='exact' (a position-wise layer needs no index) or a compressed FAISS kind (a PQ "
+            "factory string: smaller, approximate)"
+        )
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
 
 
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -219,6 +256,7 @@ class IndexSet:
         weights = embedding_digest(embedding, weights_version, forward_kwargs)
         run = IndexBuild(directory, manifest, writer, masks, weights, masks_version(masks))
         pending = [w for w in todo if not run.is_valid(w)]
+        _check_room(store, embedding, kind, len(pending), directory, forward_kwargs=forward_kwargs, device=device)
         bar = tqdm(total=len(todo), unit=" windows", desc=f"indexing {directory.name}", disable=not progress)
         bar.update(len(todo) - len(pending))
 

@@ -15,7 +15,7 @@ from vcfstore.retrieval.embedding import (
     eval_mode,
     to_numpy,
 )
-from vcfstore.retrieval.exact_search import ExactSearcher, top_k
+from vcfstore.retrieval.exact_search import ExactSearcher, PackedAlleles, top_k
 from vcfstore.retrieval.layers import ConvEmbedding, PositionwiseEmbedding, VcfBertEmbedding
 from vcfstore.retrieval.retriever import Retriever
 from vcfstore.retrieval.torch_data import IGNORE_INDEX, TargetDataset, WindowGroupedBatchSampler, collate
@@ -26,6 +26,7 @@ __all__ = [
     "Embedding",
     "ExactSearcher",
     "NotPositionwiseError",
+    "PackedAlleles",
     "PositionwiseEmbedding",
     "Retriever",
     "TargetDataset",

@@ -82,6 +82,15 @@ BOUND_MARGIN = 1e-9
 # window-grouped batch (48 queries x 2,008 references x 8 words) stays on one thread: handing it to
 # two cost 3-6 ms of waking threads on a busy 2-core machine, more than the 1 ms the counting takes.
 THREADED_WORDS = 1 << 23
+# References from which counting goes one query row at a time, over blocks of this many references:
+# ANDing a block with one word of one query (a scalar) runs in NumPy's SIMD loop, twice as fast as
+# broadcasting a column of queries against it, and the block's temporaries stay in the core's cache.
+# Below it, whole [n_q, n_ref] planes take fewer NumPy calls (a batch of 2,008 references: 1 ms).
+ROW_WISE_REFS = 1 << 14
+# Columns whose k-th smallest value bounds a row's before the row is searched (smallest_pairs).
+SELECT_HEAD = 4096
+# References converted to float64 at a time for the exact sums of every reference (8 bytes a site each).
+EXACT_BLOCK = 8192
 
 
 @dataclass
@@ -311,39 +320,63 @@ def _normalise(hi: np.ndarray, lo: np.ndarray, b: int) -> tuple[np.ndarray, np.n
     return hi + carry, lo - carry * 2.0**b
 
 
-def exact_site_sums(w: np.ndarray, alleles: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+def exact_site_sums(w: np.ndarray, alleles: np.ndarray | PackedAlleles) -> tuple[np.ndarray, np.ndarray, float, float]:
     """``alleles @ w.T`` as exact integer pairs: (hi, lo, g1, g2) with sum = hi g1 + lo g2, 0 <= lo < g1 / g2.
 
     Each ``w`` is split as ``A g1 + B g2`` (rounding at most ``g2 / 2``) with integers
     ``|A| <= 2^b`` and ``|B| <= 2^(b-1)``, ``b = 52 - ceil(log2(sites + 1))``: sums of at most
     ``sites`` of them stay below 2^53, so the float64 products are exact. ``(hi, lo)`` compare
     lexicographically as the sums do. The grids depend only on ``w``, so the sums of any subset
-    of references (:func:`exact_pair_sums`) are those of the whole set.
+    of references (:func:`exact_pair_sums`) are those of the whole set. References are converted
+    to float64 ``EXACT_BLOCK`` at a time, so the temporaries do not grow with the panel.
     """
     split, g1, g2, b = _integer_split(w)
-    r = torch.from_numpy(alleles).to(torch.float64)
-    # torch's float64 product (the sums are exact in any order); NumPy's BLAS threads stall on a busy machine
-    prod = (torch.from_numpy(split.reshape(-1, w.shape[1])) @ r.T).numpy().reshape(len(w), 2, -1)
-    hi, lo = _normalise(prod[:, 0], prod[:, 1], b)
+    lhs = torch.from_numpy(split.reshape(-1, w.shape[1]))
+    prod = np.empty((len(lhs), len(alleles)))
+    for s in range(0, len(alleles), EXACT_BLOCK):
+        r = torch.from_numpy(_unpacked(alleles, np.arange(s, min(len(alleles), s + EXACT_BLOCK))))
+        # torch's float64 product (the sums are exact in any order); NumPy's BLAS threads stall on a busy machine
+        prod[:, s : s + len(r)] = (lhs @ r.to(torch.float64).T).numpy()
+    pairs = prod.reshape(len(w), 2, -1)
+    hi, lo = _normalise(pairs[:, 0], pairs[:, 1], b)
     return hi, lo, g1, g2
 
 
+def distinct_rows(alleles: np.ndarray | PackedAlleles, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct allele rows among references ``cols``: (one reference of each, each col's row number).
+
+    References with identical alleles have identical sums for every query, whatever its mask: in
+    a large panel the candidates tied with the K-th are mostly copies of a few haplotypes (at
+    200,000 msprime haplotypes and 1,026 sites: 132,369 pairs of 79,399 references, 219 rows).
+    """
+    uc, inverse = np.unique(cols, return_inverse=True)
+    bits = alleles.bits[uc] if isinstance(alleles, PackedAlleles) else np.packbits(alleles[uc], axis=1)
+    keys = np.ascontiguousarray(bits).view(np.dtype((np.void, max(1, bits.shape[1])))).ravel()
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)
+    return uc[first], group.ravel()[inverse]
+
+
 def exact_pair_sums(
-    w: np.ndarray, alleles: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    w: np.ndarray, alleles: np.ndarray | PackedAlleles, rows: np.ndarray, cols: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """:func:`exact_site_sums` for the pairs (query ``rows[i]``, reference ``cols[i]``) only: hi, lo [n_pairs].
 
     ``rows`` must be sorted (as ``np.nonzero`` gives them): each query's references are summed
-    in one product.
+    in one product, over the distinct allele rows among them (:func:`distinct_rows`).
     """
     split, g1, g2, b = _integer_split(w)
     out = np.empty((len(rows), 2))
-    refs = alleles[cols].astype(np.float64)  # [n_pairs, sites]
+    reps, group = distinct_rows(alleles, cols)
+    refs = _unpacked(alleles, reps).astype(np.float64)  # [distinct rows, sites]
     bounds = np.searchsorted(rows, np.arange(len(w) + 1))
     for i in range(len(w)):
         s, e = bounds[i], bounds[i + 1]
         if e > s:
-            out[s:e] = refs[s:e] @ split[i].T
+            if 2 * len(refs) <= e - s:  # most rows needed: all of them in one product
+                out[s:e] = (refs @ split[i].T)[group[s:e]]
+            else:
+                need, inverse = np.unique(group[s:e], return_inverse=True)
+                out[s:e] = (refs[need] @ split[i].T)[inverse]
     hi, lo = _normalise(out[:, 0], out[:, 1], b)
     return hi, lo, g1, g2
 
@@ -359,14 +392,38 @@ def _first_k(rows: np.ndarray, cols: np.ndarray, hi: np.ndarray, lo: np.ndarray,
     return order[starts[:, None] + np.arange(k)]
 
 
+def smallest_pairs(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``x`` [n, m] its k-th smallest value, and the entries (rows, cols) at most that, rows ascending.
+
+    Exact, without partitioning every row whole: the k-th smallest of a row's first
+    ``SELECT_HEAD`` columns is at least the row's own, so the entries at most it hold the row's k
+    smallest; the k-th is then found among those few. Rows whose head is unlike the rest (more
+    than an eighth of all entries pass) are partitioned whole instead.
+    """
+    n, m = x.shape
+    head = max(k, SELECT_HEAD)
+    if 4 * head <= m:
+        bound = np.partition(x[:, :head], k - 1, axis=1)[:, k - 1]
+        rows, cols = np.nonzero(x <= bound[:, None])
+        if 8 * len(rows) <= x.size:
+            vals = x[rows, cols]
+            order = np.lexsort((vals, rows))
+            counts = np.bincount(rows, minlength=n)
+            kth = vals[order[np.cumsum(counts) - counts + k - 1]]
+            keep = vals <= kth[rows]
+            return kth, rows[keep], cols[keep]
+    kth = np.partition(x, k - 1, axis=1)[:, k - 1]
+    rows, cols = np.nonzero(x <= kth[:, None])
+    return kth, rows, cols
+
+
 def rank_keys(hi: np.ndarray, lo: np.ndarray, k: int) -> np.ndarray:
     """Per row the indices of the ``k`` smallest ``(hi, lo)`` pairs; equal pairs by lowest index.
 
     A partial selection: the k-th smallest ``hi`` of each row bounds the candidates, and only
     those (k and the entries tied with the k-th) are sorted.
     """
-    kth = np.partition(hi, k - 1, axis=1)[:, k - 1 : k]
-    rows, cols = np.nonzero(hi <= kth)
+    _, rows, cols = smallest_pairs(hi, k)
     pick = _first_k(rows, cols, hi[rows, cols], lo[rows, cols], k, len(hi))
     return cols[pick]
 
@@ -395,16 +452,63 @@ def top_k(dist: np.ndarray, k: int, atol: np.ndarray | float | None = None) -> t
 # --- counting ---------------------------------------------------------------------------------
 
 
-def pack_words(bits: np.ndarray) -> np.ndarray:
-    """Rows of booleans [n, m] as little-endian 64-bit words [n, ceil(m / 64)] (unused high bits 0)."""
-    packed = np.packbits(bits, axis=1, bitorder="little")
-    words = np.zeros((len(bits), -(-bits.shape[1] // 64) * 8), dtype=np.uint8)
+def words_of(packed: np.ndarray) -> np.ndarray:
+    """Rows of packed bytes [n, m] as 64-bit words [n, ceil(m / 8)], 8 bytes to a word (the last zero-padded)."""
+    words = np.zeros((len(packed), -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     words[:, : packed.shape[1]] = packed
     return words.view(np.uint64)
 
 
+def pack_words(bits: np.ndarray) -> np.ndarray:
+    """Rows of 0/1 values [n, m] (any nonzero is 1) as 64-bit words [n, ceil(m / 64)], unused bits 0.
+
+    The bits are in :func:`numpy.packbits` order, that of :meth:`PanelStore.read_packed
+    <vcfstore.store.reader.PanelStore.read_packed>`, 8 bytes to a word: counts of ``a & b`` need
+    only both sides packed alike.
+    """
+    return words_of(np.packbits(bits, axis=1))
+
+
+@dataclass(frozen=True)
+class PackedAlleles:
+    """A window's reference alleles bit-packed along sites: ``bits`` uint8 [n_ref, ceil(n_sites / 8)].
+
+    Site ``j`` is bit ``7 - j % 8`` of byte ``j // 8`` (:func:`numpy.packbits` order, as
+    :meth:`PanelStore.window_packed <vcfstore.store.reader.PanelStore.window_packed>` gives them),
+    bits past the last site 0. :meth:`ExactSearcher.search` takes them as they are: its counts
+    work on the packed words, and only the candidates it ranks exactly are unpacked, so a search
+    holds one eighth of the window's uint8 alleles.
+    """
+
+    bits: np.ndarray
+    n_sites: int
+
+    def __post_init__(self) -> None:
+        b = self.bits
+        if not isinstance(b, np.ndarray) or b.dtype != np.uint8 or b.ndim != 2 or b.shape[1] != -(-self.n_sites // 8):
+            got = f"{getattr(b, 'dtype', type(b).__name__)} {getattr(b, 'shape', '')}"
+            raise ArgumentError(f"packed alleles must be uint8 [n_ref, {-(-self.n_sites // 8)}], not {got}")
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+    def rows(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """The alleles of references ``idx`` (all by default), unpacked: uint8 [n, n_sites]."""
+        bits = self.bits if idx is None else self.bits[idx]
+        return np.unpackbits(bits, axis=1, count=self.n_sites)
+
+
+def _unpacked(alleles: np.ndarray | PackedAlleles, idx: np.ndarray | None = None) -> np.ndarray:
+    if isinstance(alleles, PackedAlleles):
+        return alleles.rows(idx)
+    return alleles if idx is None else alleles[idx]
+
+
 def _popcount_rows(q: np.ndarray, ref_t: np.ndarray, out: np.ndarray) -> None:
     """``out[i, r] = popcount(q[i] & ref[r])`` word by word: temporaries of one [n_q, n_ref] word plane."""
+    if out.shape[1] >= ROW_WISE_REFS:
+        _popcount_row_wise(q, ref_t, out)
+        return
     tmp = np.empty(out.shape, dtype=np.uint64)
     count = np.empty(out.shape, dtype=np.uint8)
     out[:] = 0
@@ -412,6 +516,31 @@ def _popcount_rows(q: np.ndarray, ref_t: np.ndarray, out: np.ndarray) -> None:
         np.bitwise_and(q[:, j : j + 1], ref_t[j], out=tmp)
         np.bitwise_count(tmp, out=count)
         np.add(out, count, out=out)
+
+
+def _popcount_row_wise(q: np.ndarray, ref_t: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_popcount_rows` one query row and block of ``ROW_WISE_REFS`` references at a time.
+
+    Three words' counts (at most 192) add up in uint8 before one widening add into ``out``.
+    """
+    n_words, n_ref = ref_t.shape
+    block = ROW_WISE_REFS
+    tmp = np.empty(block, dtype=np.uint64)
+    count = np.empty(block, dtype=np.uint8)
+    acc = np.empty(block, dtype=np.uint8)
+    for s in range(0, n_ref, block):
+        e = min(n_ref, s + block)
+        t, c, a = tmp[: e - s], count[: e - s], acc[: e - s]
+        for i in range(len(q)):
+            o = out[i, s:e]
+            o[:] = 0
+            for j0 in range(0, n_words, 3):
+                for j in range(j0, min(n_words, j0 + 3)):
+                    np.bitwise_and(ref_t[j, s:e], q[i, j], out=t)
+                    np.bitwise_count(t, out=a if j == j0 else c)
+                    if j != j0:
+                        np.add(a, c, out=a)
+                np.add(o, a, out=o)
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool): made on first use
@@ -443,11 +572,17 @@ def popcount_and(q: np.ndarray, ref_t: np.ndarray) -> np.ndarray:
 
 
 def allele_counts(
-    alleles: np.ndarray, q0: np.ndarray, q1: np.ndarray, *, engine: str = "numpy", device: Any = "cpu"
+    alleles: np.ndarray | PackedAlleles,
+    q0: np.ndarray,
+    q1: np.ndarray,
+    *,
+    engine: str = "numpy",
+    device: Any = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(S0, S1)`` [n_q, n_ref]: sites where the reference holds allele 1 and the query allele 0 (``q0``) or 1.
 
-    ``q0``, ``q1`` are boolean [n_q, n_sites] (both False where masked). ``engine="numpy"``
+    ``alleles`` are uint8 [n_ref, n_sites] or :class:`PackedAlleles`; ``q0``, ``q1`` are boolean
+    [n_q, n_sites] (both False where masked). ``engine="numpy"``
     counts with popcount on 64-bit words; ``"torch"`` with one float32 matrix product of 0/1
     values on ``device`` (exact: every count is an integer below 2^24). Both give the same
     integers. Queries sharing one mask (a window-grouped batch) need only ``S1`` per pair:
@@ -455,16 +590,15 @@ def allele_counts(
     """
     keep = q0 | q1
     shared = bool((keep == keep[:1]).all())
+    lhs = np.concatenate([q1, keep[:1] if shared else q0])  # one pass over the references counts both
     if engine == "torch":
         dev = torch.device(device)
-        ref = torch.as_tensor(alleles, device=dev).to(torch.float32)
-        lhs = np.concatenate([q1, keep[:1] if shared else q0])
+        ref = torch.as_tensor(_unpacked(alleles), device=dev).to(torch.float32)
         prod = (torch.as_tensor(lhs, device=dev).to(torch.float32) @ ref.T).round_().to(torch.int32).cpu().numpy()
-        s1, rest = prod[: len(q1)], prod[len(q1) :]
     else:
-        ref_t = np.ascontiguousarray(pack_words(alleles.astype(bool, copy=False)).T)
-        s1 = popcount_and(pack_words(q1), ref_t)
-        rest = popcount_and(pack_words(keep[:1] if shared else q0), ref_t)
+        words = words_of(alleles.bits) if isinstance(alleles, PackedAlleles) else pack_words(alleles)
+        prod = popcount_and(pack_words(lhs), np.ascontiguousarray(words.T))
+    s1, rest = prod[: len(q1)], prod[len(q1) :]
     s1 = s1.astype(np.int32, copy=False)
     s0 = rest.astype(np.int32, copy=False) - s1 if shared else rest.astype(np.int32, copy=False)
     return s0, s1
@@ -498,8 +632,7 @@ def _count_order_candidates(
     """
     w0_lo, w0_hi, w1_lo, w1_hi = ranges
     m = s0 - s1
-    m_k = np.partition(m, k - 1, axis=1)[:, k - 1]
-    rows, cols = np.nonzero(m <= m_k[:, None])
+    m_k, rows, cols = smallest_pairs(m, k)
     upper = s0[rows, cols] * w0_hi[rows] + s1[rows, cols] * w1_hi[rows]
     starts = np.searchsorted(rows, np.arange(len(m)))  # every row has at least k pairs
     top = np.maximum.reduceat(upper, starts)
@@ -638,7 +771,7 @@ class ExactSearcher:
     # --- the search -------------------------------------------------------------------------
     def search(
         self,
-        alleles: np.ndarray,
+        alleles: np.ndarray | PackedAlleles,
         queries: np.ndarray,
         k: int,
         *,
@@ -650,13 +783,14 @@ class ExactSearcher:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Distances [n_q, k] and reference indices [n_q, k] of masked ``queries`` [n_q, L].
 
-        ``alleles`` are the window's reference alleles [n_ref, n_sites]; ``query_af`` (one row
+        ``alleles`` are the window's reference alleles, uint8 [n_ref, n_sites] or
+        :class:`PackedAlleles` (the same result from an eighth of the memory); ``query_af`` (one row
         [L] shared by the queries) defaults to ``ref_af``. Distances are the squared L2 distances
         between the flattened float32 embeddings, exact to the bound in the module docstring;
         equal distances go to the lowest index. ``validate=False`` skips the check of the query
         tokens' layout (for a caller that has checked them).
         """
-        n_sites = alleles.shape[1]
+        n_sites = alleles.n_sites if isinstance(alleles, PackedAlleles) else alleles.shape[1]
         k = check_k(k, len(alleles))
         if validate:
             check_query_tokens(queries, n_sites, max_seq_len, vocab)
@@ -689,7 +823,13 @@ class ExactSearcher:
 
     @staticmethod
     def _bounded(
-        alleles: np.ndarray, w: np.ndarray, q0: np.ndarray, q1: np.ndarray, s0: np.ndarray, s1: np.ndarray, k: int
+        alleles: np.ndarray | PackedAlleles,
+        w: np.ndarray,
+        q0: np.ndarray,
+        q1: np.ndarray,
+        s0: np.ndarray,
+        s1: np.ndarray,
+        k: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
         """Exact ranking of the references the count bounds leave: (indices, hi, lo [n_q, k], g1, g2)."""
         w0_lo, w0_hi = _weight_range(w, q0)

@@ -1,10 +1,15 @@
 """Streaming, resumable construction of a panel store.
 
-The builder pulls blocks of sites from a source, packs every ``chunk_sites`` sites into one
-Zarr chunk column and appends it, so peak memory is bounded by the chunk and block sizes, not
-by the panel: about ``n_haplotypes * (chunk_sites + 2 * block_sites) * 8`` bytes in flight
-(genotype blocks as int16 with the phase column, the pending uint8 sites, the packed chunk)
-plus about 16 MB of codec and reader buffers (Zstd at level 15, htslib).
+The builder pulls blocks of sites from a source into one buffer of ``chunk_sites`` sites, packs
+it into one shard (a column of inner chunks of ``haplotype_chunk`` haplotypes) and appends it;
+a background thread compresses and writes one shard while the next is read. Peak memory is
+bounded by the chunk and block sizes, not by the panel's length (:func:`build_memory_bound`):
+per haplotype, ``1.5 * chunk_sites`` bytes (the pending sites as uint8, the packed shard being
+written and Zarr's copy of it, the next one being packed) plus, per site of a source's block,
+3 bytes from a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or
+arrays (int16 genotypes with a phase column and the input filter's temporaries); plus 64 MB of
+codec, reader and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
+sequence, that is 3.9 GB (the tree sequence itself comes on top).
 
 Resuming: after every chunk the number of committed sites is written to the group's attributes
 (zarr writes attribute files atomically). A build that is killed and run again with the same
@@ -28,11 +33,11 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import zarr
 
 from vcfstore._lock import WriterLock
 from vcfstore._version import __version__
@@ -41,14 +46,19 @@ from vcfstore.sources import ArraySource, SiteBlock, SiteSource
 from vcfstore.store.af_table import choose_af
 from vcfstore.store.annotations import SampleAnnotations, group_frequencies
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
-from vcfstore.store.integrity import record_checksums
 from vcfstore.store.reader import PanelStore, plain_strings, read_store_attrs
-from vcfstore.store.remote import RemoteBuild, is_url
 from vcfstore.store.vocab import Vocabulary
 from vcfstore.store.windows import check_window_size, check_windows, fixed_windows
 
 DEFAULT_CHUNK_SITES = 2048
+DEFAULT_HAPLOTYPE_CHUNK = 1024
+DEFAULT_BLOCK_SITES = 1024
 DEFAULT_ZSTD_LEVEL = 15
+# Zstd at level 15 in Zarr's encoding threads (their malloc arenas), htslib and tskit's tree arrays:
+# measured 10-46 MB whatever the panel's size.
+_FIXED_BUFFERS = 64 << 20
+_PER_CHUNK_SITE = 1.5  # bytes per haplotype and pending site: the site, the packed shard and its copy
+_PER_BLOCK_SITE = {"tree-sequence": 3, "vcf": 16}  # bytes per haplotype and site of a source's block
 # Every chunk is written, empty ones too, so a chunk missing from disk is always damage (never "all REF").
 _EVERY_CHUNK = {"array.write_empty_chunks": True}
 
@@ -66,9 +76,9 @@ def build_store(
     vocab: Vocabulary | None = None,
     annotations: str | os.PathLike[str] | SampleAnnotations | None = None,
     chunk_sites: int = DEFAULT_CHUNK_SITES,
-    haplotype_chunk: int = 8192,
+    haplotype_chunk: int = DEFAULT_HAPLOTYPE_CHUNK,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
-    block_sites: int = 1024,
+    block_sites: int = DEFAULT_BLOCK_SITES,
     force: bool = False,
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
@@ -108,7 +118,18 @@ def build_store(
         samples, and a per-super-population frequency table (hom-ref, het, hom-alt, AF) is
         computed while building (see :mod:`vcfstore.store.annotations`).
     chunk_sites : int
-        Sites per chunk (a multiple of 8, so chunks are byte-aligned after bit packing).
+        Sites per shard (a multiple of 8, so shards are byte-aligned after bit packing); a
+        window of up to ``chunk_sites / 2 + 4`` sites touches at most two shards.
+    haplotype_chunk : int
+        Haplotypes per inner chunk of a shard: a read of some haplotypes decodes only their
+        inner chunks (at most ``haplotype_chunk * chunk_sites / 8`` bytes each), and taller
+        chunks compress better (similar haplotypes compress together); a panel of up to twice
+        this many haplotypes keeps one inner chunk per shard (:func:`inner_chunk_rows`). The
+        README has the measured trade-off.
+    zstd_level : int
+        Zstd level of the allele chunks.
+    block_sites : int
+        Sites the source decodes at once (peak memory grows with it; see the module docstring).
     force : bool
         Replace an existing store at ``out``.
 
@@ -132,6 +153,9 @@ def build_store(
         )
     if chunk_sites < 8 or chunk_sites % 8:
         raise InputError(f"chunk_sites must be a positive multiple of 8, not {chunk_sites}")
+    for name, value in (("haplotype_chunk", haplotype_chunk), ("block_sites", block_sites)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ArgumentError(f"{name} must be a positive integer, not {value!r}")
     max_sites = max_seq_len - 2
     if windows is None:
         window_size = max_sites if window_size is None else window_size
@@ -167,6 +191,10 @@ def build_store(
     }
     if annotations is not None:  # only then, so stores built without keep their identity
         params["annotations_sha256"] = annotations.digest()
+    import zarr  # here, so that `import vcfstore` works without it (see vcfstore.store.reader)
+
+    from vcfstore.store.remote import RemoteBuild, is_url
+
     remote = RemoteBuild(os.fspath(out), storage_options, staging, force=force) if is_url(out) else None
     if remote is not None and remote.staged_identity() == _identity(described, params):
         return remote.publish()  # built before, but the upload failed: upload it again
@@ -307,12 +335,16 @@ class _Writer:
         # Site columns are chunked like the allele chunks, so each commit writes whole new chunks
         # instead of re-encoding a partly filled one.
         site_chunk = (params["chunk_sites"],)
+        # One shard per chunk_sites sites holding every haplotype (so each commit writes whole
+        # shards, never re-encoding one), split into inner chunks of haplotype_chunk haplotypes.
+        inner = inner_chunk_rows(n_hap, params["haplotype_chunk"])
         root.create_array(
             "alleles",
             shape=(n_hap, 0),
             dtype="uint8",
             compressors=zstd,
-            chunks=(min(n_hap, params["haplotype_chunk"]), params["chunk_sites"] // 8),
+            chunks=(inner, params["chunk_sites"] // 8),
+            shards=(-(-n_hap // inner) * inner, params["chunk_sites"] // 8),
             fill_value=0,
         )
         sites = root.require_group("sites")
@@ -377,8 +409,7 @@ class _Writer:
         from tqdm.auto import tqdm
 
         skip = self.sites
-        pending: list[SiteBlock] = []
-        n_pending = 0
+        pending = _Pending(self.chunk_sites, self.meta["n_haplotypes"])
         bar = tqdm(
             total=source.expected_records(),
             unit=" records",
@@ -388,7 +419,8 @@ class _Writer:
             dynamic_ncols=True,
         )
         seen = 0
-        # Compressing and writing a chunk column (Zstd 15) overlaps reading the next one.
+        # Compressing and writing a shard (Zstd 15) overlaps reading the next one: the pending
+        # sites are packed here (so their buffer refills at once) and written in the background.
         commits = _OneAhead(self._commit)
         try:
             for block in source.blocks(block_sites):
@@ -397,35 +429,24 @@ class _Writer:
                 if skip:
                     take = min(skip, len(block))
                     block, skip = block.slice(take), skip - take
-                if len(block) == 0:
-                    continue
-                pending.append(block)
-                n_pending += len(block)
-                while n_pending >= self.chunk_sites:
-                    merged = _concat(pending)
-                    commits.submit(merged.slice(0, self.chunk_sites), dict(source.filter.counts))
-                    rest = merged.slice(self.chunk_sites)
-                    pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
+                while len(block):
+                    block = block.slice(pending.add(block))
+                    if pending.full:
+                        commits.submit(self._prepare(pending.block()), dict(source.filter.counts))
+                        pending.clear()
+                del block  # before the source decodes the next one: one block in memory, not two
             bar.close()
-            if pending:
-                commits.submit(_concat(pending), dict(source.filter.counts))
+            if len(pending):
+                commits.submit(self._prepare(pending.block()), dict(source.filter.counts))
         finally:
             commits.close()
         if self.sites == 0:
             raise InputError(f"{self.meta['input']['name']}: no site passed the input policy; nothing to store")
         return source.filter.counts
 
-    def _commit(self, block: SiteBlock, counts: dict[str, int]) -> None:
-        """Append one chunk column of sites, then record the progress (``counts``: the input's counts so far)."""
-        n, start = len(block), self.sites
-        if start % 8:
-            raise StoreError("internal error: a chunk was appended after a partial chunk")
-        self._extend_runs(block.contigs, start)
-        run_of = {name: i for i, (name, _, _) in enumerate(self.runs)}
-        contig_idx = np.asarray([run_of[c] for c in block.contigs], dtype=np.int16)
-        packed = np.packbits(block.alleles.T, axis=1)
-        self._reserve(start + n)
-        self.root["alleles"][:, start // 8 : start // 8 + packed.shape[1]] = packed
+    def _prepare(self, block: SiteBlock) -> _Column:
+        """What one commit writes, computed from the pending sites, which may be overwritten afterwards."""
+        packed = np.packbits(block.alleles, axis=0).T  # [haplotypes, sites / 8]: the transpose of 1/8 the bytes
         af = block.alleles.mean(axis=1, dtype=np.float64).astype(np.float32)
         if self.meta["params"]["af_from"] == "info":
             if block.info_af is None or np.isnan(block.info_af).any():
@@ -441,16 +462,28 @@ class _Writer:
                 raise InputError(f"site {where} has INFO/AF {float(af[i]):g}, outside [0, 1]")
         columns = {
             "position": block.positions,
-            "contig": contig_idx,
             "af": af,
             "id": np.asarray(block.ids, dtype=str),
             "ref": np.asarray(block.refs, dtype=str),
             "alt": np.asarray(block.alts, dtype=str),
         }
-        for name, values in columns.items():
+        freq = None if self.annotations is None else group_frequencies(block.alleles, self.annotations)
+        return _Column(list(block.contigs), packed, columns, freq)
+
+    def _commit(self, column: _Column, counts: dict[str, int]) -> None:
+        """Append one shard's sites, then record the progress (``counts``: the input's counts so far)."""
+        n, start = len(column.contigs), self.sites
+        if start % 8:
+            raise StoreError("internal error: a chunk was appended after a partial chunk")
+        self._extend_runs(column.contigs, start)
+        run_of = {name: i for i, (name, _, _) in enumerate(self.runs)}
+        contig_idx = np.asarray([run_of[c] for c in column.contigs], dtype=np.int16)
+        self._reserve(start + n)
+        self.root["alleles"][:, start // 8 : start // 8 + column.packed.shape[1]] = column.packed
+        for name, values in {**column.columns, "contig": contig_idx}.items():
             self.root[f"sites/{name}"][start : start + n] = values
-        if self.annotations is not None:
-            self.root["frequencies"][:, :, start : start + n] = group_frequencies(block.alleles, self.annotations)
+        if column.frequencies is not None:
+            self.root["frequencies"][:, :, start : start + n] = column.frequencies
         self.sites = start + n
         self.root.attrs[PROGRESS_KEY] = {"sites": self.sites, "runs": self.runs, "counts": counts}
 
@@ -474,6 +507,8 @@ class _Writer:
     def finish(self, windows: np.ndarray, supplied_af: np.ndarray | None, counts: Counter[str]) -> None:
         """Write the windows and mark the store complete (the last write of a build)."""
         from zarr.codecs import ZstdCodec
+
+        from vcfstore.store.integrity import record_checksums
 
         self._resize(self.sites)  # the room grown while building goes
         if supplied_af is not None:
@@ -548,19 +583,92 @@ def _existing(out: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
     return dict(attrs[ATTR_KEY]), (dict(state) if isinstance(state, dict) else None)
 
 
-def _concat(blocks: list[SiteBlock]) -> SiteBlock:
-    if len(blocks) == 1:
-        return blocks[0]
-    info = None if any(b.info_af is None for b in blocks) else np.concatenate([b.info_af for b in blocks])
-    return SiteBlock(
-        [c for b in blocks for c in b.contigs],
-        np.concatenate([b.positions for b in blocks]),
-        [x for b in blocks for x in b.ids],
-        [x for b in blocks for x in b.refs],
-        [x for b in blocks for x in b.alts],
-        np.concatenate([b.alleles for b in blocks]),
-        info,
-    )
+@dataclass(frozen=True)
+class _Column:
+    """One shard's sites ready to write: packed alleles, site columns (but the contig index), group frequencies."""
+
+    contigs: list[str]
+    packed: np.ndarray
+    columns: dict[str, np.ndarray]
+    frequencies: np.ndarray | None
+
+
+class _Pending:
+    """The sites of the next shard, gathered from the source's blocks into one preallocated buffer."""
+
+    def __init__(self, n_sites: int, n_haplotypes: int) -> None:
+        self.alleles = np.empty((n_sites, n_haplotypes), dtype=np.uint8)
+        self.clear()
+
+    def clear(self) -> None:
+        self.n = 0
+        self.contigs: list[str] = []
+        self.positions: list[np.ndarray] = []
+        self.ids: list[str] = []
+        self.refs: list[str] = []
+        self.alts: list[str] = []
+        self.info_af: list[np.ndarray] | None = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def full(self) -> bool:
+        return self.n == len(self.alleles)
+
+    def add(self, block: SiteBlock) -> int:
+        """Take as many of ``block``'s sites as fit; returns how many."""
+        take = min(len(block), len(self.alleles) - self.n)
+        part = block.slice(0, take)
+        self.alleles[self.n : self.n + take] = part.alleles
+        self.contigs += part.contigs
+        self.positions.append(part.positions)
+        self.ids += part.ids
+        self.refs += part.refs
+        self.alts += part.alts
+        if self.info_af is not None:
+            self.info_af = None if part.info_af is None else [*self.info_af, part.info_af]
+        self.n += take
+        return take
+
+    def block(self) -> SiteBlock:
+        """The pending sites as one block (its alleles a view of the buffer)."""
+        return SiteBlock(
+            self.contigs,
+            np.concatenate(self.positions),
+            self.ids,
+            self.refs,
+            self.alts,
+            self.alleles[: self.n],
+            None if self.info_af is None else np.concatenate(self.info_af),
+        )
+
+
+def inner_chunk_rows(n_haplotypes: int, haplotype_chunk: int) -> int:
+    """Haplotypes per inner chunk: ``haplotype_chunk``, or all of a panel of at most twice that.
+
+    Decoding a whole shard of a small panel costs little (2,048 haplotypes x 2,048 sites is
+    512 KB), while splitting it would cost compression.
+    """
+    return n_haplotypes if n_haplotypes <= 2 * haplotype_chunk else haplotype_chunk
+
+
+def build_memory_bound(
+    n_haplotypes: int,
+    *,
+    chunk_sites: int = DEFAULT_CHUNK_SITES,
+    block_sites: int = DEFAULT_BLOCK_SITES,
+    source: Literal["vcf", "tree-sequence"] = "vcf",
+) -> int:
+    """The most anonymous memory a build adds to its process, in bytes (see the module docstring).
+
+    ``source="tree-sequence"`` for :class:`~vcfstore.sources.TreeSequenceSource` (the tree
+    sequence itself comes on top), ``"vcf"`` for VCF, VCF Zarr and array sources (an
+    :class:`~vcfstore.sources.ArraySource` also holds its arrays). Measured from outside in
+    ``tests/test_scale.py``, ``tests/test_build_process.py`` and ``benchmarks/scale.py``.
+    """
+    per_site = _PER_CHUNK_SITE * chunk_sites + _PER_BLOCK_SITE[source] * block_sites
+    return int(n_haplotypes * per_site) + _FIXED_BUFFERS
 
 
 def build_from_arrays(

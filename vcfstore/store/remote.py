@@ -2,9 +2,10 @@
 
 Reading: a store URL (``s3://bucket/panel.vcfstore``) opens as Zarr's
 :class:`~zarr.storage.FsspecStore` over fsspec's S3 filesystem (``s3fs``), wrapped in
-:class:`RemoteReads`: every file read is kept in a per-process LRU cache of compressed chunks,
-held under the :class:`MemoryBudget` when one is given (and under a byte ceiling in any case),
-and every failure of the client becomes one :class:`StoreError` naming the store and what to
+:class:`RemoteReads`: every file read (and every byte range: a format 3 shard's index and inner
+chunks are read piece by piece) is kept in a per-process LRU cache of compressed chunks, held
+under the :class:`MemoryBudget` when one is given (and under a byte ceiling in any case), and
+every failure of the client becomes one :class:`StoreError` naming the store and what to
 check. The integrity layer (:class:`~vcfstore.store.integrity.VerifyingStore`) sits on top, so
 object storage is checked against ``checksums.json`` exactly like a local directory.
 
@@ -39,20 +40,20 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zarr.abc.store import ByteRequest, Store
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, WrapperStore
 
 from vcfstore.errors import MemoryBudgetExceeded, StoreError
 from vcfstore.store.integrity import CHECKSUMS, verify_files
+from vcfstore.store.reader import DEFAULT_CHUNK_CACHE  # noqa: F401 - defined there (no Zarr), named here too
 
 if TYPE_CHECKING:  # the memory layer sits above the store; its classes load when a remote store opens
     from vcfstore.memory.budget import MemoryBudget
     from vcfstore.memory.lru import LruCache
     from vcfstore.store.reader import PanelStore
 
-DEFAULT_CHUNK_CACHE = "256MB"
 # Bounded failures: botocore's standard retry mode (3 attempts in all, jittered backoff) and
 # timeouts; s3fs's own retry loop on top would multiply the attempts, so it makes one.
 S3_DEFAULTS: dict[str, Any] = {
@@ -151,29 +152,43 @@ class RemoteReads(WrapperStore[Store]):
         return self._where
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
-        if byte_range is None and self.cache is not None:
-            hit = self.cache.get(key)
+        # Byte ranges are cached too: a format 3 shard is read piece by piece (its index, then the
+        # inner chunks a gather needs), and those pieces are what a training loop reads again.
+        entry = _cache_key(key, byte_range)
+        if entry is not None and self.cache is not None:
+            hit = self.cache.get(entry)
             if hit is not None:
                 return prototype.buffer.from_bytes(hit)
         try:
             buf = await self._store.get(key, prototype, byte_range)
         except Exception as e:  # noqa: BLE001 - any failure of the client becomes one StoreError naming the store
             raise remote_error(self._where, f"reading {key}", e) from None
-        if buf is not None and byte_range is None and self.cache is not None:
-            self._remember(key, buf.to_bytes())
+        if buf is not None and entry is not None and self.cache is not None:
+            self._remember(entry, buf.to_bytes())
         return buf
 
-    def _remember(self, key: str, data: bytes) -> None:
+    def _remember(self, key: tuple[str, int, int], data: bytes) -> None:
         assert self.cache is not None
         if len(data) > self._cache_bytes:
             return
         try:
-            self.cache.admit(anon=len(data), what=f"caching {key} of {self._where}")
+            self.cache.admit(anon=len(data), what=f"caching {key[0]} of {self._where}")
         except MemoryBudgetExceeded:
             return  # the read itself succeeded; only keeping its bytes would cross the budget
         self.cache.put(key, data, anon=len(data))
         while self.cache.usage()["anon"] > self._cache_bytes:
             self.cache.evict_oldest("anon")
+
+
+def _cache_key(key: str, byte_range: ByteRequest | None) -> tuple[str, int, int] | None:
+    """The chunk cache's key of a read: (file, start, end), -1 for "to the end"; None: not cached."""
+    if byte_range is None:
+        return (key, 0, -1)
+    if isinstance(byte_range, RangeByteRequest):
+        return (key, byte_range.start, byte_range.end)
+    if isinstance(byte_range, SuffixByteRequest):
+        return (key, -byte_range.suffix, -1)
+    return None
 
 
 def open_remote(
