@@ -144,9 +144,16 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_disk_full_index_build_fails_cleanly_and_resumes(sim_store, small_tmpfs):
+def test_disk_full_index_build_fails_cleanly_and_resumes(sim_store, small_tmpfs, monkeypatch):
+    import vcfstore.index.index_set as index_set
+
     masks = vs.MaskSchedule(3).at(sim_store, 0, 0.4)
     out = small_tmpfs / "ix"
+    with pytest.raises(IndexSetError, match=r"needs .* free in .*use backend='exact'"):  # refused up front
+        IndexSet.build(sim_store, _layer(4), out, masks, progress=False)
+    assert not out.exists() or not any(out.iterdir())
+    # A disk that another writer fills during the build: the check passes, the writes fail.
+    monkeypatch.setattr(index_set, "_check_room", lambda *args, **kwargs: None)
     with pytest.raises(IndexSetError, match=r"writing the index set failed \(No space left on device\)") as err:
         IndexSet.build(sim_store, _layer(4), out, masks, progress=False)
     assert "\n" not in str(err.value) and not list(out.glob(".*.tmp"))
