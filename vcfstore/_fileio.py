@@ -86,3 +86,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     replace_durably(tmp, path)
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names object storage (``s3://...``, ``gs://...``) rather than a local path."""
+    text = os.fspath(location)
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")

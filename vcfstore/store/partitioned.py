@@ -46,13 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from vcfstore._fileio import atomic_write_bytes, file_sha256, fsync_dir, temp_path
+from vcfstore._fileio import atomic_write_bytes, file_sha256, fsync_dir, is_url, temp_path
 from vcfstore.errors import ArgumentError, InputError, InputWarning, StoreError
 from vcfstore.sources import InputPolicy, RecordFilter, SiteBlock, VcfSource, VcfZarrSource
 from vcfstore.store.builder import build_store
 from vcfstore.store.format import ATTR_KEY
 from vcfstore.store.reader import PanelStore, read_store_attrs
-from vcfstore.store.remote import is_url
 from vcfstore.store.vocab import Vocabulary
 
 PLAN_VERSION = 1

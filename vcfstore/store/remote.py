@@ -45,6 +45,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, WrapperStore
 
+from vcfstore._fileio import is_url  # noqa: F401 - defined there (no Zarr), named here too
 from vcfstore.errors import MemoryBudgetExceeded, StoreError
 from vcfstore.store.integrity import CHECKSUMS, verify_files
 from vcfstore.store.reader import DEFAULT_CHUNK_CACHE  # noqa: F401 - defined there (no Zarr), named here too
@@ -66,12 +67,6 @@ S3_DEFAULTS: dict[str, Any] = {
 S3FS_RETRIES = 1
 _UPLOAD_MARKER = ".vcfstore-upload"  # present while an upload runs: the prefix holds an unfinished store
 _CONCURRENT_UPLOADS = 16
-
-
-def is_url(location: str | os.PathLike[str]) -> bool:
-    """Whether ``location`` names object storage (``s3://...``, ``gs://...``) rather than a local path."""
-    text = os.fspath(location)
-    return isinstance(text, str) and "://" in text and not text.startswith("file://")
 
 
 def with_defaults(storage_options: dict[str, Any] | None) -> dict[str, Any]:
