@@ -1,17 +1,18 @@
 """Streaming, resumable construction of a panel store.
 
-The builder pulls blocks of sites from a source into one buffer of ``chunk_sites`` sites, packs
-it into one shard (a column of inner chunks of ``haplotype_chunk`` haplotypes) and appends it;
-a background thread compresses and writes one shard while the next is read. Peak memory is
-bounded by the chunk and block sizes, not by the panel's length (:func:`build_memory_bound`):
-per haplotype, ``1.5 * chunk_sites`` bytes (the pending sites as uint8, the packed shard being
-written and Zarr's copy of it, the next one being packed) plus, per site of a source's block,
-3 bytes from a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or
-arrays (int16 genotypes with a phase column and the input filter's temporaries); plus 64 MB of
-codec, reader and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
+The builder pulls blocks of sites from a source into one buffer of 1 to 8 shards of
+``chunk_sites`` sites (:func:`commit_chunks`: up to 8 MB of alleles), packs it into shards (columns
+of inner chunks of ``haplotype_chunk`` haplotypes) and appends them; a background thread
+compresses and writes one commit while the next is read. Peak memory is bounded by the chunk,
+commit and block sizes, not by the panel's length (:func:`build_memory_bound`): per haplotype,
+1.5 bytes per pending site (the pending sites as uint8, the packed shards being written and
+Zarr's copy of them, the next ones being packed) plus, per site of a source's block, 3 bytes from
+a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or arrays (int16
+genotypes with a phase column and the input filter's temporaries); plus 64 MB of codec, reader
+and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
 sequence, that is 3.9 GB (the tree sequence itself comes on top).
 
-Resuming: after every chunk the number of committed sites is written to the group's attributes
+Resuming: after every commit the number of committed sites is written to the group's attributes
 (zarr writes attribute files atomically). A build that is killed and run again with the same
 input and parameters truncates the arrays to the committed sites, skips that many sites of the
 input and continues; the result equals an uninterrupted build. A store is marked complete only
@@ -59,6 +60,10 @@ DEFAULT_ZSTD_LEVEL = 15
 _FIXED_BUFFERS = 64 << 20
 _PER_CHUNK_SITE = 1.5  # bytes per haplotype and pending site: the site, the packed shard and its copy
 _PER_BLOCK_SITE = {"tree-sequence": 3, "vcf": 16}  # bytes per haplotype and site of a source's block
+# A commit takes whole shards up to this many bytes of pending alleles: a small panel's build then
+# makes a few large writes instead of many small ones (each write of the seven arrays and the
+# progress record costs about 30 ms of Zarr's Python, which holds the GIL the decoder needs).
+COMMIT_BYTES = 8 << 20
 # Every chunk is written, empty ones too, so a chunk missing from disk is always damage (never "all REF").
 _EVERY_CHUNK = {"array.write_empty_chunks": True}
 
@@ -409,7 +414,8 @@ class _Writer:
         from tqdm.auto import tqdm
 
         skip = self.sites
-        pending = _Pending(self.chunk_sites, self.meta["n_haplotypes"])
+        n_hap = self.meta["n_haplotypes"]
+        pending = _Pending(self.chunk_sites * commit_chunks(n_hap, self.chunk_sites), n_hap)
         bar = tqdm(
             total=source.expected_records(),
             unit=" records",
@@ -667,8 +673,16 @@ def build_memory_bound(
     :class:`~vcfstore.sources.ArraySource` also holds its arrays). Measured from outside in
     ``tests/test_scale.py``, ``tests/test_build_process.py`` and ``benchmarks/scale.py``.
     """
-    per_site = _PER_CHUNK_SITE * chunk_sites + _PER_BLOCK_SITE[source] * block_sites
-    return int(n_haplotypes * per_site) + _FIXED_BUFFERS
+    pending = n_haplotypes * chunk_sites * commit_chunks(n_haplotypes, chunk_sites)
+    return int(_PER_CHUNK_SITE * pending + n_haplotypes * _PER_BLOCK_SITE[source] * block_sites) + _FIXED_BUFFERS
+
+
+def commit_chunks(n_haplotypes: int, chunk_sites: int) -> int:
+    """Shards per commit: as many as :data:`COMMIT_BYTES` of pending alleles hold, from 1 to 8.
+
+    At most 8, so a build of small chunks still commits (and can resume) every few thousand sites.
+    """
+    return min(8, max(1, COMMIT_BYTES // max(1, n_haplotypes * chunk_sites)))
 
 
 def build_from_arrays(
