@@ -362,7 +362,8 @@ def small_fs(tmp_path):
     subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_full_disk_and_read_only_stop_with_one_line_and_resume(tmp_path, small_fs):
+def test_full_disk_and_read_only_stop_with_one_line_and_resume(tmp_path, small_fs, monkeypatch):
+    monkeypatch.setattr("vcfstore.store.builder.COMMIT_BYTES", 0)  # a shard a commit: some fit, then the disk is full
     rng = np.random.default_rng(1)
     alleles = rng.integers(0, 2, (256, 12288), dtype=np.uint8)  # random: 384 KiB packed, incompressible
     positions = np.arange(1, 12289) * 10
