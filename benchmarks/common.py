@@ -65,3 +65,50 @@ def drop_page_cache(*paths: Path) -> None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+
+
+def simulated_vcf(work: Path, n_haplotypes: int, length: float, *, indexed: bool = False) -> Path:
+    """An msprime panel (seed 5) as ``work/sim.vcf.gz``; ``indexed``: bgzipped by pysam with a tabix index."""
+    import numpy as np
+
+    from tests.helpers import vcf_from_arrays
+    from vcfstore.simulate import simulate_panel
+
+    ts = simulate_panel(n_haplotypes // 2, length, seed=5)
+    alleles = ts.genotype_matrix().T.astype(np.uint8)
+    positions = ts.tables.sites.position.astype(np.int64) + 1
+    gz = vcf_from_arrays(work / "sim.vcf.gz", alleles, positions)
+    if not indexed:
+        return gz
+    import gzip
+    import shutil
+
+    import pysam
+
+    plain = work / "sim.vcf"
+    with gzip.open(gz, "rb") as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    gz.unlink()
+    return Path(pysam.tabix_index(str(plain), preset="vcf", force=True))
+
+
+def vcf_panels(
+    work: Path, quick: bool, sim: tuple[int, float], quick_sim: tuple[int, float], *, indexed: bool = False
+) -> list[tuple[str, Path, int, Path]]:
+    """The panels of the ingest benchmarks: (name, VCF, haplotypes, a fresh work folder) for each.
+
+    The real chr20 reference (unless ``quick`` or absent) and an msprime panel of ``sim`` (or
+    ``quick_sim``) haplotypes and sequence length.
+    """
+    panels = []
+    real = REAL_DATA / "reference.vcf.gz"
+    if real.is_file() and not quick:
+        panels.append(("1000G chr20 reference, 600 haplotypes", real, 600))
+    n_hap, length = quick_sim if quick else sim
+    panels.append((f"msprime, {n_hap:,} haplotypes", simulated_vcf(work, n_hap, length, indexed=indexed), n_hap))
+    out = []
+    for name, vcf, haps in panels:
+        sub = work / name.split(",")[0].replace(" ", "_")
+        sub.mkdir()
+        out.append((name, vcf, haps, sub))
+    return out

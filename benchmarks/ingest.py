@@ -17,12 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vcfstore.simulate import simulate_panel
 from vcfstore.testing import run_measured
 
-from .common import REAL_DATA, dir_bytes, write_result
+from .common import dir_bytes, vcf_panels, write_result
 
 # Each snippet does its work between two clock reads and prints the seconds as JSON.
 _FLOOR = """
@@ -79,15 +76,6 @@ def measure(vcf: Path, work: Path, n_haplotypes: int) -> dict[str, Any]:
     return out
 
 
-def _simulated_vcf(path: Path, n_haplotypes: int, length: float) -> Path:
-    from tests.helpers import vcf_from_arrays
-
-    ts = simulate_panel(n_haplotypes // 2, length, seed=5)
-    alleles = ts.genotype_matrix().T.astype(np.uint8)
-    positions = ts.tables.sites.position.astype(np.int64) + 1
-    return vcf_from_arrays(path, alleles, positions)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small panels (smoke test)")
@@ -96,16 +84,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="vcfstore-ingest-") as tmp:
         work = Path(tmp)
-        panels = []
-        real = REAL_DATA / "reference.vcf.gz"
-        if real.is_file() and not args.quick:
-            panels.append(("1000G chr20 reference, 600 haplotypes", real, 600))
-        n_hap, length = (400, 2e5) if args.quick else (20_000, 1e6)
-        sim = _simulated_vcf(work / "sim.vcf.gz", n_hap, length)
-        panels.append((f"msprime, {n_hap:,} haplotypes", sim, n_hap))
-        for name, vcf, haps in panels:
-            sub = work / name.split(",")[0].replace(" ", "_")
-            sub.mkdir()
+        for name, vcf, haps, sub in vcf_panels(work, args.quick, (20_000, 1e6), (400, 2e5)):
             results[name] = measure(vcf, sub, haps)
     path = write_result("ingest_quick" if args.quick else "ingest", {"panels": results}, args.out)
     for name, r in results.items():

@@ -14,22 +14,17 @@ msprime panel written as a bgzipped, tabix-indexed VCF.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vcfstore.simulate import simulate_panel
 from vcfstore.testing import run_measured
 
-from .common import REAL_DATA, dir_bytes, write_result
+from .common import dir_bytes, vcf_panels, write_result
 
 _SERIAL = """
 import json, sys, time
@@ -90,23 +85,6 @@ def measure(vcf: Path, work: Path, n_haplotypes: int, workers: int, partitions: 
     }
 
 
-def _simulated_vcf(work: Path, n_haplotypes: int, length: float) -> Path:
-    """An msprime panel as a bgzipped VCF with a tabix index (pysam, the test extra)."""
-    import pysam
-
-    from tests.helpers import vcf_from_arrays
-
-    ts = simulate_panel(n_haplotypes // 2, length, seed=5)
-    alleles = ts.genotype_matrix().T.astype(np.uint8)
-    positions = ts.tables.sites.position.astype(np.int64) + 1
-    gz = vcf_from_arrays(work / "sim.vcf.gz", alleles, positions)
-    plain = work / "sim.vcf"
-    with gzip.open(gz, "rb") as src, open(plain, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    gz.unlink()
-    return Path(pysam.tabix_index(str(plain), preset="vcf", force=True))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small simulated panel only (smoke test)")
@@ -117,15 +95,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="vcfstore-partitioned-") as tmp:
         work = Path(tmp)
-        panels = []
-        real = REAL_DATA / "reference.vcf.gz"
-        if real.is_file() and not args.quick:
-            panels.append(("1000G chr20 reference, 600 haplotypes", real, 600))
-        n_hap, length = (200, 2e5) if args.quick else (4_000, 1e6)
-        panels.append((f"msprime, {n_hap:,} haplotypes", _simulated_vcf(work, n_hap, length), n_hap))
-        for name, vcf, haps in panels:
-            sub = work / name.split(",")[0].replace(" ", "_")
-            sub.mkdir()
+        for name, vcf, haps, sub in vcf_panels(work, args.quick, (4_000, 1e6), (200, 2e5), indexed=True):
             results[name] = measure(vcf, sub, haps, args.workers, partitions)
     path = write_result(
         "partitioned_quick" if args.quick else "partitioned",
