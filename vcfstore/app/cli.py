@@ -69,6 +69,11 @@ _WORK_DIR = click.option(
 )
 
 
+def _policy_option(flag: str, choices: tuple[str, ...], help_text: str) -> Callable[..., Any]:
+    """An input-policy option (see ``InputPolicy``); the first choice is the default."""
+    return click.option(flag, type=click.Choice(choices), default=choices[0], show_default=True, help=help_text)
+
+
 def _build_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options that shape a store, shared by ``build`` and ``partition init``."""
     options = [
@@ -100,41 +105,16 @@ def _build_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--max-seq-len", type=int, default=1030, show_default=True, help="Tokens per window: [SOS] sites [EOS] pad."
         ),
-        click.option(
+        _policy_option(
             "--multiallelic",
-            type=click.Choice(["split", "skip", "collapse"]),
-            default="split",
-            show_default=True,
-            help="Records with several ALTs: one site per ALT, none, or one site where any ALT is 1 (VCF-Bert's "
-            "loader).",
+            ("split", "skip", "collapse"),
+            "Records with several ALTs: one site per ALT, none, or one site where any ALT is 1 (VCF-Bert's loader).",
         ),
-        click.option(
-            "--non-snv",
-            type=click.Choice(["skip", "keep"]),
-            default="skip",
-            show_default=True,
-            help="Indels and symbolic alleles.",
-        ),
-        click.option(
-            "--unphased",
-            type=click.Choice(["error", "skip-site", "keep"]),
-            default="error",
-            show_default=True,
-            help="Unphased heterozygous calls.",
-        ),
-        click.option(
-            "--missing",
-            type=click.Choice(["error", "skip-site", "ref"]),
-            default="error",
-            show_default=True,
-            help="Missing alleles.",
-        ),
-        click.option(
-            "--duplicates",
-            type=click.Choice(["error", "skip"]),
-            default="error",
-            show_default=True,
-            help="Records repeating a kept site (same contig, position, REF and ALT).",
+        _policy_option("--non-snv", ("skip", "keep"), "Indels and symbolic alleles."),
+        _policy_option("--unphased", ("error", "skip-site", "keep"), "Unphased heterozygous calls."),
+        _policy_option("--missing", ("error", "skip-site", "ref"), "Missing alleles."),
+        _policy_option(
+            "--duplicates", ("error", "skip"), "Records repeating a kept site (same contig, position, REF and ALT)."
         ),
     ]
     for option in reversed(options):
