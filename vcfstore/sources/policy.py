@@ -285,10 +285,13 @@ class RecordFilter:
         idx = np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))
         alt_no = np.fromiter((k for _, k in rows), dtype=np.int16, count=len(rows))[:, None]
         every = len(rows) == len(gt) and (idx == np.arange(len(gt))).all()
-        calls = (gt if every else gt[idx]).reshape(len(rows), n_hap)
-        if (alt_no == 1).all():  # biallelic sites (the common case): one comparison, viewed as 0/1 bytes
-            alleles = (calls == 1).view(np.uint8)
+        calls = gt if every else gt[idx]
+        if (alt_no == 1).all():
+            # Biallelic sites (the common case): one comparison, on the calls as they are (a strided
+            # view of the decoder's rows), then a free reshape of its contiguous result to 0/1 bytes.
+            alleles = (calls == 1).reshape(len(rows), n_hap).view(np.uint8)
         else:
+            calls = calls.reshape(len(rows), n_hap)
             alleles = np.where(alt_no == _ANY_ALT, calls > 0, calls == alt_no).astype(np.uint8)
         missing = (calls == _MISSING) if self.policy.missing == "mask" else None
         af = None
