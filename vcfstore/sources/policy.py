@@ -293,7 +293,7 @@ class RecordFilter:
         else:
             calls = calls.reshape(len(rows), n_hap)
             alleles = np.where(alt_no == _ANY_ALT, calls > 0, calls == alt_no).astype(np.uint8)
-        missing = (calls == _MISSING) if self.policy.missing == "mask" else None
+        missing = (calls == _MISSING).reshape(len(rows), n_hap) if self.policy.missing == "mask" else None
         af = None
         if info_af is not None:
             af = np.array([_info_af_value(info_af[r], k) for r, k in rows], dtype=np.float32)
