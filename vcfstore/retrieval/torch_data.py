@@ -92,6 +92,8 @@ class TargetDataset(Dataset):
             if self.reference is not target:
                 _check_same_sites(target, self.reference)
         self.schedule, self.mode, self.budget = schedule, mode, budget
+        # Reference sites the target lacks, once: every item's mask includes its window's part.
+        self._site_missing = None if self.aligned is None else self.aligned.site_missing
         self.n_samples = target.n_haplotypes // 2
         self.set_epoch(epoch, rate)
         self._cache: WindowCache | None = None
@@ -132,9 +134,9 @@ class TargetDataset(Dataset):
             mask = self.schedule.window_mask(ref, w, epoch, self.rate if rate is None else rate)
         else:
             mask = np.zeros(ref.max_seq_len, dtype=bool)
-        if self.aligned is not None:
+        if self._site_missing is not None:
             sites = ref.window_sites(w)
-            mask[1 : len(sites) + 1] |= self.aligned.site_missing[sites.start : sites.stop]
+            mask[1 : len(sites) + 1] |= self._site_missing[sites.start : sites.stop]
         return mask
 
     # --- checkpointing (torchdata's Stateful protocol) -------------------------------------
