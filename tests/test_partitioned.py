@@ -214,7 +214,7 @@ def test_a_killed_or_failed_partition_is_redone(multi_vcf, tmp_path, monkeypatch
     leftover.mkdir()
     (leftover / "batch-000000.npz.zst").write_bytes(b"cut short")
     calls = {"n": 0}
-    real = part._write_batch
+    real = part._encode_batch
 
     def fail_second(*args):
         calls["n"] += 1
@@ -222,7 +222,7 @@ def test_a_killed_or_failed_partition_is_redone(multi_vcf, tmp_path, monkeypatch
             raise OSError(28, "No space left on device")
         return real(*args)
 
-    monkeypatch.setattr(part, "_write_batch", fail_second)
+    monkeypatch.setattr(part, "_encode_batch", fail_second)
     with pytest.raises(OSError, match="No space left"):
         part.build_partition(out, 1)
     assert not (work / "part-00001").exists() and not part.temp_path(work / "part-00001").exists()
@@ -263,6 +263,30 @@ def test_finalise_refuses_missing_parts_and_other_arguments(multi_vcf, tmp_path)
     assert not (part.default_work_dir(out) / "part-00000").exists()  # parts of the old plan are gone
     with pytest.raises(vs.StoreError, match="no partition plan"):
         part.finalise_partitions(tmp_path / "elsewhere", progress=False)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_part_is_an_error_and_a_rebuilt_one_finishes(multi_vcf, tmp_path, damage):
+    out = tmp_path / "parted"
+    plan = part.plan_partitions(multi_vcf, out, partitions=2)
+    for i in range(len(plan["partitions"])):
+        part.build_partition(out, i)
+    batch = sorted((part.default_work_dir(out) / "part-00001").glob("batch-*"))[0]
+    data = bytearray(batch.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x10
+        batch.write_bytes(bytes(data))
+    elif damage == "truncate":
+        batch.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        batch.unlink()
+    with pytest.raises(vs.StoreError, match=r"partition 1 is damaged .*remove .*part-00001 and run partition 1 again"):
+        part.finalise_partitions(out, progress=False)
+    shutil.rmtree(batch.parent)
+    part.build_partition(out, 1)
+    part.finalise_partitions(out, progress=False)  # resumes the unfinished store
+    vs.build_store(vs.VcfSource(multi_vcf), tmp_path / "serial", progress=False)
+    assert_same_store(tmp_path / "serial", out)
 
 
 def test_vcf_without_index(tmp_path, sim_arrays):

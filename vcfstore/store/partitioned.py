@@ -224,7 +224,7 @@ def build_partition(
     tmp.mkdir()
     try:
         source = _part_source(plan, plan["partitions"][index])
-        batches, n_bytes, n_sites = _write_batches(source, tmp, plan["build"]["block_sites"])
+        batches, digests, n_bytes, n_sites = _write_batches(source, tmp, plan["build"]["block_sites"])
         done = {
             "plan": plan["digest"],
             "index": index,
@@ -232,6 +232,7 @@ def build_partition(
             "records": int(source.filter.counts["records"]),
             "counts": dict(source.filter.counts),
             "batches": batches,
+            "batch_sha256": digests,  # checked as finalise reads them: parts may wait days on a shared disk
             "bytes": n_bytes,
             "seconds": time.perf_counter() - start,
         }
@@ -429,8 +430,8 @@ class _PartsSource:
         for done in self._dones:
             self.filter.counts.update(done["counts"])
             part = _part_dir(self._work, done["index"])
-            for k, name in enumerate(done["batches"]):
-                block = _read_batch(part / name)
+            for k, (name, digest) in enumerate(zip(done["batches"], done["batch_sha256"], strict=True)):
+                block = _read_batch(part / name, digest, done["index"])
                 if k == 0 and last is not None:
                     _check_continues(last, block, contigs_done, done["index"])
                 contigs_done.update(block.contigs)
@@ -448,17 +449,23 @@ def _check_continues(last: tuple[str, int], block: SiteBlock, contigs_done: set[
         )
 
 
-def _write_batches(source: VcfSource | VcfZarrSource, part: Path, block_sites: int) -> tuple[list[str], int, int]:
-    """Stream the source's sites into ``batch-NNNNNN.npz.zst`` files; returns (names, bytes, sites)."""
+def _write_batches(
+    source: VcfSource | VcfZarrSource, part: Path, block_sites: int
+) -> tuple[list[str], list[str], int, int]:
+    """Stream the source's sites into ``batch-NNNNNN.npz.zst`` files; returns (names, SHA-256s, bytes, sites)."""
     names: list[str] = []
+    digests: list[str] = []
     pending: list[SiteBlock] = []
     n_bytes = n_sites = 0
 
     def flush() -> None:
         nonlocal n_bytes
         name = f"batch-{len(names):06d}.npz.zst"
-        n_bytes += _write_batch(part / name, pending)
+        data = _encode_batch(pending)
+        atomic_write_bytes(part / name, data)
+        n_bytes += len(data)
         names.append(name)
+        digests.append(hashlib.sha256(data).hexdigest())
         pending.clear()
 
     for block in source.blocks(block_sites):
@@ -470,10 +477,10 @@ def _write_batches(source: VcfSource | VcfZarrSource, part: Path, block_sites: i
     if pending:
         flush()
     fsync_dir(part)
-    return names, n_bytes, n_sites
+    return names, digests, n_bytes, n_sites
 
 
-def _write_batch(path: Path, blocks: list[SiteBlock]) -> int:
+def _encode_batch(blocks: list[SiteBlock]) -> bytes:
     """One batch of sites as an .npz archive compressed whole (Zstd level 1: these files live minutes)."""
     from numcodecs import Zstd
 
@@ -491,15 +498,24 @@ def _write_batch(path: Path, blocks: list[SiteBlock]) -> int:
         columns["info_af"] = np.concatenate([b.info_af for b in blocks if b.info_af is not None])
     buf = io.BytesIO()
     np.savez(buf, **columns)  # type: ignore[arg-type]  # the stub: a ** dict might fill allow_pickle
-    data = Zstd(level=1).encode(buf.getvalue())
-    atomic_write_bytes(path, data)
-    return len(data)
+    return bytes(Zstd(level=1).encode(buf.getvalue()))
 
 
-def _read_batch(path: Path) -> SiteBlock:
+def _read_batch(path: Path, sha256: str, index: int) -> SiteBlock:
+    """A batch written by :func:`_encode_batch`, checked against its digest (a damaged part is an error, never data)."""
     from numcodecs import Zstd
 
-    with np.load(io.BytesIO(Zstd().decode(path.read_bytes())), allow_pickle=False) as z:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        data, reason = b"", e.strerror or str(e)
+    else:
+        reason = "its checksum differs from the one recorded when the part was built"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoreError(
+            f"{path}: partition {index} is damaged ({reason}); remove {path.parent} and run partition {index} again"
+        )
+    with np.load(io.BytesIO(Zstd().decode(data)), allow_pickle=False) as z:
         return SiteBlock(
             z["contigs"].tolist(),
             z["positions"],
