@@ -154,8 +154,11 @@ def test_disk_full_index_build_fails_cleanly_and_resumes(sim_store, small_tmpfs,
     assert not out.exists() or not any(out.iterdir())
     # A disk that another writer fills during the build: the check passes, the writes fail.
     monkeypatch.setattr(index_set, "_check_room", lambda *args, **kwargs: None)
+    import torch
+
     with pytest.raises(IndexSetError, match=r"writing the index set failed \(No space left on device\)") as err:
         IndexSet.build(sim_store, _layer(4), out, masks, progress=False)
+    assert torch.is_grad_enabled()  # the failed build left the caller's gradients on (its generator kept no_grad)
     assert "\n" not in str(err.value) and not list(out.glob(".*.tmp"))
     done = IndexSet.open(out, sim_store).manifest.windows if (out / "manifest.json").exists() else {}
     assert len(done) < sim_store.n_windows

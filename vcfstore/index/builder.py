@@ -61,12 +61,14 @@ class WindowIndexWriter:
         import torch
 
         af = self.store.window_af(w)
-        with torch.no_grad():  # the build holds the layer in eval mode
-            for start in range(0, self.store.n_haplotypes, self.batch_rows):
-                rows = np.arange(start, min(start + self.batch_rows, self.store.n_haplotypes))
-                tokens = self.store.window_tokens(w, rows=rows, mask=mask)
+        for start in range(0, self.store.n_haplotypes, self.batch_rows):
+            rows = np.arange(start, min(start + self.batch_rows, self.store.n_haplotypes))
+            tokens = self.store.window_tokens(w, rows=rows, mask=mask)
+            # no_grad around each call, never across a yield: a suspended or abandoned generator
+            # would leave the caller's thread without gradients (the build holds the layer in eval mode)
+            with torch.no_grad():
                 out = embed(self.embedding, tokens, af, forward_kwargs=self.forward_kwargs, device=self.device)
-                yield out.reshape(len(rows), -1).float().cpu().numpy()
+            yield out.reshape(len(rows), -1).float().cpu().numpy()
 
     def write(self, w: int, mask: np.ndarray, path: Path) -> tuple[dict[str, Any], bool]:
         """Write window ``w``'s index to ``path``; returns its manifest fields and whether it maps."""
