@@ -181,14 +181,22 @@ def test_count_bounds_torch_counts_and_full_sums_agree_bit_for_bit(sim_panels, n
     np.testing.assert_array_equal(s0[0], expect)
 
 
-def test_popcount_threads_and_words():
-    """Counts over 64-bit words, split across threads, equal a plain count (odd sizes, sites past a word)."""
+def test_popcount_threads_and_words(monkeypatch):
+    """Counts over 64-bit words, split across threads and blocks, equal a plain count (odd sizes, sites past a word)."""
+    from vcfstore.retrieval import popcount
+
+    monkeypatch.setattr(popcount, "THREAD_REFS", 300)  # small panels split across threads too
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # every core, whatever torch was set to
     rng = np.random.default_rng(0)
-    for n_q, n_ref, n_sites in ((3, 5, 1), (40, 700, 130), (64, 2008, 455)):
+    for n_q, n_ref, n_sites in ((3, 5, 1), (40, 700, 130), (64, 2008, 455), (2, 1001, 64)):
         a = rng.random((n_ref, n_sites)) < 0.4
         q = rng.random((n_q, n_sites)) < 0.5
-        got = es.popcount_and(es.pack_words(q), np.ascontiguousarray(es.pack_words(a).T))
+        got = popcount.popcount_and(popcount.pack_words(q), popcount.pack_words(a))
         np.testing.assert_array_equal(got, q.astype(np.int64) @ a.T.astype(np.int64))
+    full = np.full((1, 2048), 1, dtype=bool)  # every bit set: 2,048 in a count (no wrap in any narrow type)
+    assert popcount.popcount_and(popcount.pack_words(full), popcount.pack_words(full))[0, 0] == 2048
+    with pytest.raises(ValueError, match="uint64 rows of equal width"):
+        popcount.popcount_and(popcount.pack_words(full), popcount.pack_words(a))
 
 
 def test_terms_are_cached_per_weights_version(sim_panels):

@@ -121,6 +121,13 @@ def test_damage_inside_a_shard_is_caught_where_it_is_read(sim_arrays, tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(vs.StoreError, match=r"its shard index is damaged"):
         vs.open_store(path).read_alleles(*sites, np.array([0]))
+    # A shard cut short, or gone: named where it is read, never served as data.
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(vs.StoreError, match=r"chunk \(0, 1\): its shard index is damaged"):
+        vs.open_store(path).read_alleles(*sites, np.array([0]))
+    shard.unlink()
+    with pytest.raises(vs.StoreError, match=r"chunk \(0, 1\) is missing"):
+        vs.open_store(path).read_alleles(*sites, np.array([0]))
 
 
 # --- tree sequences -------------------------------------------------------------------------------
@@ -295,15 +302,15 @@ def _search(
 
 
 def test_exact_search_on_packed_references_at_20k_is_exact():
-    """Above ROW_WISE_REFS the counts go row by row over blocks; packed or not, the result is exact.
+    """Above THREAD_REFS the counts are split across threads; packed or not, the result is exact.
 
     Bitwise-equal terms: the indices equal an integer brute force (ties by lowest index). VCF-Bert's
     terms: packed and uint8 references, by the count bounds, equal the exact sums of every reference.
     """
-    from vcfstore.retrieval import exact_search as es
+    from vcfstore.retrieval import popcount
 
     n = 20_000
-    assert n > es.ROW_WISE_REFS
+    assert n > popcount.THREAD_REFS
     _, idx, refs, held, keep = _search("cpu", n, 150, seed=5, positionwise_terms=False, packed=True)
     hamming = ((refs[None, :, keep] != held[:, None, keep]).sum(-1)).astype(np.int64)
     want = np.lexsort((np.broadcast_to(np.arange(n), hamming.shape), hamming), axis=-1)[:, :8]

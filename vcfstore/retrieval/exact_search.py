@@ -51,10 +51,7 @@ the table it embeds for composition to :meth:`ExactSearcher.prime` so it is not 
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +67,7 @@ from vcfstore.retrieval.embedding import (
     eval_mode,
     single_threaded,
 )
+from vcfstore.retrieval.popcount import pack_words, popcount_and, words_of
 from vcfstore.store.vocab import layout_site_tokens
 
 METHODS = ("auto", "matmul", "popcount")
@@ -78,15 +76,6 @@ ENGINES = ("auto", "numpy", "torch")
 TERMS_CACHE_WINDOWS = 64
 # Relative margin of the candidate bounds: far above their float64 rounding (a few 1e-16), far below a site's step.
 BOUND_MARGIN = 1e-9
-# Popcount work (query rows x references x words) from which the rows are split across threads. A
-# window-grouped batch (48 queries x 2,008 references x 8 words) stays on one thread: handing it to
-# two cost 3-6 ms of waking threads on a busy 2-core machine, more than the 1 ms the counting takes.
-THREADED_WORDS = 1 << 23
-# References from which counting goes one query row at a time, over blocks of this many references:
-# ANDing a block with one word of one query (a scalar) runs in NumPy's SIMD loop, twice as fast as
-# broadcasting a column of queries against it, and the block's temporaries stay in the core's cache.
-# Below it, whole [n_q, n_ref] planes take fewer NumPy calls (a batch of 2,008 references: 1 ms).
-ROW_WISE_REFS = 1 << 14
 # Columns whose k-th smallest value bounds a row's before the row is searched (smallest_pairs).
 SELECT_HEAD = 4096
 # References converted to float64 at a time for the exact sums of every reference (8 bytes a site each).
@@ -452,23 +441,6 @@ def top_k(dist: np.ndarray, k: int, atol: np.ndarray | float | None = None) -> t
 # --- counting ---------------------------------------------------------------------------------
 
 
-def words_of(packed: np.ndarray) -> np.ndarray:
-    """Rows of packed bytes [n, m] as 64-bit words [n, ceil(m / 8)], 8 bytes to a word (the last zero-padded)."""
-    words = np.zeros((len(packed), -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
-    words[:, : packed.shape[1]] = packed
-    return words.view(np.uint64)
-
-
-def pack_words(bits: np.ndarray) -> np.ndarray:
-    """Rows of 0/1 values [n, m] (any nonzero is 1) as 64-bit words [n, ceil(m / 64)], unused bits 0.
-
-    The bits are in :func:`numpy.packbits` order, that of :meth:`PanelStore.read_packed
-    <vcfstore.store.reader.PanelStore.read_packed>`, 8 bytes to a word: counts of ``a & b`` need
-    only both sides packed alike.
-    """
-    return words_of(np.packbits(bits, axis=1))
-
-
 @dataclass(frozen=True)
 class PackedAlleles:
     """A window's reference alleles bit-packed along sites: ``bits`` uint8 [n_ref, ceil(n_sites / 8)].
@@ -504,73 +476,6 @@ def _unpacked(alleles: np.ndarray | PackedAlleles, idx: np.ndarray | None = None
     return alleles if idx is None else alleles[idx]
 
 
-def _popcount_rows(q: np.ndarray, ref_t: np.ndarray, out: np.ndarray) -> None:
-    """``out[i, r] = popcount(q[i] & ref[r])`` word by word: temporaries of one [n_q, n_ref] word plane."""
-    if out.shape[1] >= ROW_WISE_REFS:
-        _popcount_row_wise(q, ref_t, out)
-        return
-    tmp = np.empty(out.shape, dtype=np.uint64)
-    count = np.empty(out.shape, dtype=np.uint8)
-    out[:] = 0
-    for j in range(ref_t.shape[0]):
-        np.bitwise_and(q[:, j : j + 1], ref_t[j], out=tmp)
-        np.bitwise_count(tmp, out=count)
-        np.add(out, count, out=out)
-
-
-def _popcount_row_wise(q: np.ndarray, ref_t: np.ndarray, out: np.ndarray) -> None:
-    """:func:`_popcount_rows` one query row and block of ``ROW_WISE_REFS`` references at a time.
-
-    Three words' counts (at most 192) add up in uint8 before one widening add into ``out``.
-    """
-    n_words, n_ref = ref_t.shape
-    block = ROW_WISE_REFS
-    tmp = np.empty(block, dtype=np.uint64)
-    count = np.empty(block, dtype=np.uint8)
-    acc = np.empty(block, dtype=np.uint8)
-    for s in range(0, n_ref, block):
-        e = min(n_ref, s + block)
-        t, c, a = tmp[: e - s], count[: e - s], acc[: e - s]
-        for i in range(len(q)):
-            o = out[i, s:e]
-            o[:] = 0
-            for j0 in range(0, n_words, 3):
-                for j in range(j0, min(n_words, j0 + 3)):
-                    np.bitwise_and(ref_t[j, s:e], q[i, j], out=t)
-                    np.bitwise_count(t, out=a if j == j0 else c)
-                    if j != j0:
-                        np.add(a, c, out=a)
-                np.add(o, a, out=o)
-
-
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool): made on first use
-
-
-def _threads() -> int:
-    return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
-
-
-def popcount_and(q: np.ndarray, ref_t: np.ndarray) -> np.ndarray:
-    """``popcount(q[i] & ref[r])`` for packed query rows ``q`` [n_q, words] and references ``ref_t`` [words, n_ref].
-
-    Large problems are split by query rows across threads (NumPy releases the GIL in these loops).
-    """
-    global _POOL
-    n_q, (words, n_ref) = len(q), ref_t.shape
-    out = np.empty((n_q, n_ref), dtype=np.uint16 if words * 64 < 2**16 else np.uint32)
-    threads = _threads()
-    if threads == 1 or n_q < 2 * threads or n_q * n_ref * words < THREADED_WORDS:
-        _popcount_rows(q, ref_t, out)
-        return out
-    if _POOL is None or _POOL[0] != threads:
-        _POOL = (threads, ThreadPoolExecutor(threads, thread_name_prefix="vcfstore-popcount"))
-    bounds = np.linspace(0, n_q, threads + 1).astype(int)
-    jobs = [_POOL[1].submit(_popcount_rows, q[a:b], ref_t, out[a:b]) for a, b in itertools.pairwise(bounds)]
-    for job in jobs:
-        job.result()
-    return out
-
-
 def allele_counts(
     alleles: np.ndarray | PackedAlleles,
     q0: np.ndarray,
@@ -583,7 +488,8 @@ def allele_counts(
 
     ``alleles`` are uint8 [n_ref, n_sites] or :class:`PackedAlleles`; ``q0``, ``q1`` are boolean
     [n_q, n_sites] (both False where masked). ``engine="numpy"``
-    counts with popcount on 64-bit words; ``"torch"`` with one float32 matrix product of 0/1
+    counts with popcount on 64-bit words (:func:`vcfstore.retrieval.popcount.popcount_and`, on the
+    CPU's threads); ``"torch"`` with one float32 matrix product of 0/1
     values on ``device`` (exact: every count is an integer below 2^24). Both give the same
     integers. Queries sharing one mask (a window-grouped batch) need only ``S1`` per pair:
     ``S0`` is then the reference's count over the unmasked sites less ``S1``.
@@ -597,7 +503,7 @@ def allele_counts(
         prod = (torch.as_tensor(lhs, device=dev).to(torch.float32) @ ref.T).round_().to(torch.int32).cpu().numpy()
     else:
         words = words_of(alleles.bits) if isinstance(alleles, PackedAlleles) else pack_words(alleles)
-        prod = popcount_and(pack_words(lhs), np.ascontiguousarray(words.T))
+        prod = popcount_and(pack_words(lhs), words)
     s1, rest = prod[: len(q1)], prod[len(q1) :]
     s1 = s1.astype(np.int32, copy=False)
     s0 = rest.astype(np.int32, copy=False) - s1 if shared else rest.astype(np.int32, copy=False)
@@ -660,8 +566,9 @@ class ExactSearcher:
         reference in one matrix product) or ``auto`` (popcount where it applies, else popcount
         bounds and exact sums for the candidates they leave). All give the same result.
     engine : {"auto", "numpy", "torch"}
-        How to count: popcount on 64-bit words in NumPy, or a float32 matrix product in torch on
-        ``device``; ``auto`` takes torch where the layer is on a GPU. Both give the same counts.
+        How to count: popcount on 64-bit words on the CPU (a compiled kernel on NumPy arrays), or a
+        float32 matrix product in torch on ``device``; ``auto`` takes torch where the layer is on a
+        GPU. Both give the same counts.
     weights : WeightsIdentity, optional
         Identifies the layer's weights for the per-window cache (a :class:`Retriever` passes its own).
     """
