@@ -322,7 +322,7 @@ def test_worker_share_too_small_is_refused_up_front(context):
     for part in (
         "memory budget too small for DataLoader worker",
         f"its share is {format_bytes(4 * GB)} ((1 - main_share 0.60) / 2 of {format_bytes(20 * GB)})",
-        f"needs {format_bytes(needs)} more (its dataset's budget_needs(): one decoded window)",
+        f"needs {format_bytes(needs)} more (its dataset's budget_needs(): reading one window)",
         "to fix: raise the limit to at least",
         "or lower main_share to at most",
     ):
@@ -432,10 +432,10 @@ resource.setrlimit(resource.RLIMIT_DATA, (limit + 400_000_000, resource.RLIM_INF
 budget = vs.MemoryBudget(limit)
 cache = vs.WindowCache(store, budget)
 touched = 0
-for epoch in range(2):
+for epoch in range(4):
     for w in range(store.n_windows):
         a = cache.alleles(w, rows=np.arange(0, store.n_haplotypes, 7))
-        touched += store.n_haplotypes * len(store.window_sites(w))
+        touched += store.n_haplotypes * -(-len(store.window_sites(w)) // 8)  # the packed bytes cached
         del a
 print(json.dumps({"limit": limit, "touched": touched, "report": budget.report()}))
 """
@@ -450,8 +450,8 @@ def wide_store(tmp_path_factory):
 
 
 def test_ceiling_holds_in_subprocess(wide_store):
-    """Iterate every window twice with room for a few decoded windows: peak RssAnon stays under."""
-    headroom = 12e6  # about 6 decoded windows of 2008 x 1028 alleles
+    """Iterate every window four times with room for a few windows: peak RssAnon stays under."""
+    headroom = 4e6  # one read's peak (2 MB: it decodes 514 KB shards) and a few packed windows (259 KB each)
     run = run_measured([sys.executable, "-c", WORKLOAD, str(wide_store.path), str(headroom)], interval=0.001)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
@@ -460,10 +460,27 @@ def test_ceiling_holds_in_subprocess(wide_store):
     assert run.peak_anon < out["limit"], f"peak {run.peak_anon / 1e6:.1f} MB over limit {out['limit'] / 1e6:.1f} MB"
 
 
+def test_window_cache_holds_windows_packed(wide_store):
+    """A cached window costs its packed bytes (an eighth of its alleles); reads from it equal the store's."""
+    cache, w = vs.WindowCache(wide_store), 3
+    n_sites = len(wide_store.window_sites(w))
+    packed = cache.packed(w)
+    assert packed.bits.shape == (wide_store.n_haplotypes, -(-n_sites // 8)) and packed.n_sites == n_sites
+    assert cache.cache.usage()["anon"] == packed.bits.nbytes
+    full = wide_store.window_alleles(w)
+    rows = np.array([5, 0, 5, wide_store.n_haplotypes - 1])
+    np.testing.assert_array_equal(cache.alleles(w, rows), full[rows])
+    np.testing.assert_array_equal(cache.alleles(w), full)
+    assert cache.cache.usage()["anon"] == packed.bits.nbytes  # unpacked copies are the caller's, not cached
+
+
 def test_budget_too_small_for_one_window(wide_store):
+    vs.memory.malloc_trim()  # the budget trims before it refuses: the baseline must not hold freed pages
     budget = vs.MemoryBudget(vs.memory.StatmMeter().read().anon + 1_000_000)
     cache = vs.WindowCache(wide_store, budget)
-    with pytest.raises(vs.MemoryBudgetExceeded, match=r"decoding window 3 \(decoded windows\) needs 1\.9\d MiB"):
+    sites = wide_store.window_sites(3)
+    needs = vs.memory.format_bytes(wide_store.read_peak_bytes(sites.start, sites.stop))
+    with pytest.raises(vs.MemoryBudgetExceeded, match=rf"reading window 3 \(decoded windows\) needs {needs}"):
         cache.alleles(3)
     big = vs.MemoryBudget("11GB")
     assert vs.WindowCache(wide_store, big).alleles(3).shape[0] == 2008  # the process keeps working

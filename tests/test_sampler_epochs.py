@@ -25,6 +25,52 @@ def test_every_rank_yields_len_batches_and_ranks_cover_the_epoch(world_size):
         assert len({tuple(b) for b in WindowGroupedBatchSampler(3, n_batches, 3, seed=1)} - set(seen)) == 0
 
 
+def _epoch_order(n_samples, n_windows, b, seed, epoch, shuffle, drop_last):
+    """The documented order, built eagerly: windows shuffled, then each window's samples shuffled and cut."""
+    rng = np.random.default_rng([seed, epoch])
+    windows = rng.permutation(n_windows) if shuffle else np.arange(n_windows)
+    out = []
+    for w in windows:
+        samples = rng.permutation(n_samples) if shuffle else np.arange(n_samples)
+        chunks = [samples[i : i + b] for i in range(0, n_samples, b)]
+        out += [list(w * n_samples + c) for c in chunks if len(c) == b or not drop_last]
+    return out
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_batches_follow_the_epoch_order_dealt_to_ranks(shuffle, drop_last):
+    """Each rank takes every world_size-th batch of the epoch's order from where a resumed pass starts, cycling."""
+    for n_samples, n_windows, b, world in ((7, 5, 3, 1), (24, 5, 8, 3), (7, 1, 8, 4), (10, 4, 3, 64)):
+        order = _epoch_order(n_samples, n_windows, b, 9, 3, shuffle, drop_last)
+        for rank in range(min(world, 3)):
+            for resume in (0, 2):
+                s = WindowGroupedBatchSampler(
+                    n_samples, n_windows, b, seed=9, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world
+                )
+                s.set_epoch(3)
+                s._resume_at = resume
+                left = order[resume:]
+                want = [left[(rank + i * world) % len(left)] for i in range(-(-len(left) // world))] if left else []
+                assert list(s) == want, (n_samples, n_windows, b, world, rank, resume)
+
+
+def test_a_biobank_epoch_is_not_materialised():
+    """100,000 samples x 331 windows (33 million items): the first batches come at once, in little memory."""
+    import time
+    import tracemalloc
+
+    s = WindowGroupedBatchSampler(100_000, 331, 24, seed=0, rank=0, world_size=1)
+    tracemalloc.start()
+    t = time.perf_counter()
+    it = iter(s)
+    first = [next(it) for _ in range(10)]
+    elapsed, (_, peak) = time.perf_counter() - t, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(s) == 331 * -(-100_000 // 24) and all(len(b) == 24 for b in first)
+    assert peak < 10e6 and elapsed < 5, (peak, elapsed)  # eager lists of the epoch: about 3 GB
+
+
 def test_rank_and_world_size_go_together():
     with pytest.raises(vs.ArgumentError, match="pass rank and world_size together"):
         WindowGroupedBatchSampler(4, 2, 2, rank=3)

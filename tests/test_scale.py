@@ -402,3 +402,18 @@ def test_gpu_check_script_parses_and_installs_nothing():
     assert "benchmarks.scale --gpu-only" in script and "-k cuda" in script
     assert not any(word in script for word in ("pip ", "conda ", "apt-get", "uv "))
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")]).returncode == 0
+
+
+def test_read_peak_bytes_bound_what_a_read_allocates(sim_arrays, tmp_path):
+    """Whole-panel reads, aligned to a byte or not, allocate at most what the window cache admits for them."""
+    import tracemalloc
+
+    alleles, positions = sim_arrays
+    store = vs.build_from_arrays(alleles, positions, tmp_path / "s", chunk_sites=256, haplotype_chunk=32)
+    store.read_packed(0, 8)  # open the arrays first: what they keep is not the read's
+    for start, stop in ((0, 300), (3, 700), (250, 251), (5, 13), (0, store.n_sites)):
+        tracemalloc.start()
+        got = store.read_packed(start, stop)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert got.nbytes < peak <= store.read_peak_bytes(start, stop), (start, stop, peak)

@@ -29,7 +29,7 @@ worker as proportional set size (``Pss_Anon`` from ``/proc/self/smaps_rollup``, 
 low rate), so pages it shares copy-on-write with the main process count as a fraction, and the
 main process as RssAnon, which counts them whole: the measured figures add up to at least the
 tree's ``Pss_Anon``. A worker whose share cannot hold what it already uses plus what its
-dataset declares it needs (``dataset.budget_needs()``: one decoded window) is refused when it
+dataset declares it needs (``dataset.budget_needs()``: reading one window) is refused when it
 starts, with the figures. The main process also reads the tree's summed ``Pss_Anon`` every two
 seconds and evicts its own caches while the tree is above the soft level. GPU memory belongs to
 the main process: workers get no share of ``gpu_limit``.
@@ -414,7 +414,7 @@ class MemoryBudget:
                 f"memory budget too small for DataLoader worker {info.id} of {n}: its share is "
                 f"{format_bytes(limit)} ((1 - main_share {main:.2f}) / {n} of {format_bytes(self._limit)}), but it "
                 f"already uses {format_bytes(anon)} (interpreter, torch, its part of the pages shared with the main "
-                f"process) and needs {format_bytes(needs)} more (its dataset's budget_needs(): one decoded window)"
+                f"process) and needs {format_bytes(needs)} more (its dataset's budget_needs(): reading one window)"
                 f"{fork_note}; to fix: " + ", or ".join(fixes)
             )
         return share
@@ -580,7 +580,12 @@ class MemoryBudget:
             anon, _ = self.measure()
             if kind == "anon":
                 pending = self.reserved("anon", anon)
-                if anon - self.held("anon") + pending + nbytes > self.limit:  # cannot fit with every cache emptied
+                over = anon - self.held("anon") + pending + nbytes > self.limit  # cannot fit with every cache emptied
+                if over and malloc_trim():  # unless the allocator holds freed pages: count without them
+                    anon, _ = self.measure()
+                    pending = self.reserved("anon", anon)
+                    over = anon - self.held("anon") + pending + nbytes > self.limit
+                if over:
                     self.stats.refused += 1
                     raise MemoryBudgetExceeded(self._refusal(nbytes, what, anon))
             gpu_limit = self.gpu_limit

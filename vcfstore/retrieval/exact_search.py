@@ -68,6 +68,7 @@ from vcfstore.retrieval.embedding import (
     single_threaded,
 )
 from vcfstore.retrieval.popcount import pack_words, popcount_and, words_of
+from vcfstore.store.packed import PackedAlleles
 from vcfstore.store.vocab import layout_site_tokens
 
 METHODS = ("auto", "matmul", "popcount")
@@ -79,7 +80,7 @@ BOUND_MARGIN = 1e-9
 # Columns whose k-th smallest value bounds a row's before the row is searched (smallest_pairs).
 SELECT_HEAD = 4096
 # References converted to float64 at a time for the exact sums of every reference (8 bytes a site each).
-EXACT_BLOCK = 8192
+EXACT_BLOCK = 2048
 
 
 @dataclass
@@ -441,35 +442,6 @@ def top_k(dist: np.ndarray, k: int, atol: np.ndarray | float | None = None) -> t
 # --- counting ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PackedAlleles:
-    """A window's reference alleles bit-packed along sites: ``bits`` uint8 [n_ref, ceil(n_sites / 8)].
-
-    Site ``j`` is bit ``7 - j % 8`` of byte ``j // 8`` (:func:`numpy.packbits` order, as
-    :meth:`PanelStore.window_packed <vcfstore.store.reader.PanelStore.window_packed>` gives them),
-    bits past the last site 0. :meth:`ExactSearcher.search` takes them as they are: its counts
-    work on the packed words, and only the candidates it ranks exactly are unpacked, so a search
-    holds one eighth of the window's uint8 alleles.
-    """
-
-    bits: np.ndarray
-    n_sites: int
-
-    def __post_init__(self) -> None:
-        b = self.bits
-        if not isinstance(b, np.ndarray) or b.dtype != np.uint8 or b.ndim != 2 or b.shape[1] != -(-self.n_sites // 8):
-            got = f"{getattr(b, 'dtype', type(b).__name__)} {getattr(b, 'shape', '')}"
-            raise ArgumentError(f"packed alleles must be uint8 [n_ref, {-(-self.n_sites // 8)}], not {got}")
-
-    def __len__(self) -> int:
-        return len(self.bits)
-
-    def rows(self, idx: np.ndarray | None = None) -> np.ndarray:
-        """The alleles of references ``idx`` (all by default), unpacked: uint8 [n, n_sites]."""
-        bits = self.bits if idx is None else self.bits[idx]
-        return np.unpackbits(bits, axis=1, count=self.n_sites)
-
-
 def _unpacked(alleles: np.ndarray | PackedAlleles, idx: np.ndarray | None = None) -> np.ndarray:
     if isinstance(alleles, PackedAlleles):
         return alleles.rows(idx)
@@ -671,9 +643,16 @@ class ExactSearcher:
 
     @staticmethod
     def working_bytes(n_queries: int, n_ref: int, n_sites: int) -> int:
-        """An upper bound of the search's temporaries (counts, bounds, exact sums of every reference)."""
+        """An upper bound of the search's temporaries for references given packed (as the window cache holds them).
+
+        Per (query, reference) pair the counts, bounds and exact sums; the window's 64-bit words
+        (a padded copy, and the packing of uint8 references); references unpacked and converted
+        to float64 ``EXACT_BLOCK`` at a time; per query site a few float64 rows.
+        """
         pairs = n_queries * n_ref * (8 + 1 + 2 * 4 + 2 * 4 + 4 * 8 + 1 + 4 * 8)
-        return pairs + n_ref * n_sites * (8 + 1) + n_queries * n_sites * 8 * 6
+        words = 2 * n_ref * -(-n_sites // 64) * 8
+        block = min(n_ref, EXACT_BLOCK) * n_sites * (1 + 8)
+        return pairs + words + block + n_queries * n_sites * 8 * 6
 
     # --- the search -------------------------------------------------------------------------
     def search(

@@ -201,7 +201,7 @@ class Retriever:
         if self._backend is None:
             self._backend = self._choose(window, q, ref_af, qaf)
         if self._backend == "exact":
-            alleles = self.window_cache.alleles(window)
+            alleles = self.window_cache.packed(window)
             temporaries = self.exact.working_bytes(len(q), len(alleles), len(sites))
             with self._reserve(temporaries, f"the exact search of window {window}"):
                 store = self.store
@@ -220,7 +220,7 @@ class Retriever:
     def _choose(self, window: int, q: np.ndarray, ref_af: np.ndarray, qaf: np.ndarray | None) -> str:
         try:
             self.exact.search(
-                self.window_cache.alleles(window),
+                self.window_cache.packed(window),
                 q[:1],
                 1,
                 max_seq_len=self.store.max_seq_len,

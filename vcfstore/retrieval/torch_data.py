@@ -114,13 +114,17 @@ class TargetDataset(Dataset):
         return self.n_samples * self.n_windows
 
     def budget_needs(self) -> int:
-        """Bytes a worker needs on top of what it holds when it starts: the largest decoded window.
+        """Bytes a worker needs on top of what it holds when it starts: reading its largest window.
 
-        A split :class:`MemoryBudget` checks each worker's share against it when the worker starts.
+        A window is read packed into the window cache (:meth:`PanelStore.read_peak_bytes`); an
+        aligned target's window is held unpacked, with its missing flags. A split
+        :class:`MemoryBudget` checks each worker's share against it when the worker starts.
         """
         windows = self.reference.windows
-        per_site = 2 if self.aligned is not None else 1  # an aligned window keeps its missing flags too
-        return int((windows[:, 1] - windows[:, 0]).max()) * self.target.n_haplotypes * per_site
+        if self.aligned is not None:
+            return int((windows[:, 1] - windows[:, 0]).max()) * self.target.n_haplotypes * 2
+        assert isinstance(self.target, PanelStore)  # not aligned: the target is a store with the reference's sites
+        return max(self.target.read_peak_bytes(int(a), int(b)) for a, b in windows)
 
     def window_mask(self, w: int, epoch: int | None = None, rate: float | None = None) -> np.ndarray:
         """bool [max_seq_len]: the sites of window ``w`` masked for every item (at this epoch and rate).
@@ -308,45 +312,56 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
             self._resume_at, self._pass_start, self._yielded = 0, 0, 0
         self.epoch = epoch
 
-    def _all_batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        windows = rng.permutation(self.n_windows) if self.shuffle else np.arange(self.n_windows)
-        batches = []
-        for w in windows:
-            samples = rng.permutation(self.n_samples) if self.shuffle else np.arange(self.n_samples)
-            for start in range(0, self.n_samples, self.batch_size):
-                chunk = samples[start : start + self.batch_size]
-                if len(chunk) < self.batch_size and self.drop_last:
-                    continue
-                batches.append((w * self.n_samples + chunk).tolist())
-        return batches
+    def _batches(self, positions: Iterator[int]) -> Iterator[list[int]]:
+        """The epoch's batches at ``positions`` of its order, made as they are needed.
+
+        The order: the windows shuffled, then in each window its samples shuffled and cut into
+        batches, every permutation drawn in turn from one generator seeded by (seed, epoch).
+        Only the current window's permutation is held (an epoch of 100,000 samples x 331 windows
+        would be 33 million items as lists); a position before the current window (the cycle
+        that pads a rank's last steps) draws the stream again from the start.
+        """
+        per_window, b = self._per_window(), self.batch_size
+        rng: np.random.Generator | None = None
+        windows = samples = np.arange(0)
+        drawn = -1  # the window position whose samples' permutation ``samples`` holds
+        for j in positions:
+            p, c = divmod(j, per_window)
+            if rng is None or p < drawn:
+                rng = np.random.default_rng([self.seed, self.epoch])
+                windows = rng.permutation(self.n_windows) if self.shuffle else np.arange(self.n_windows)
+                drawn = -1
+            while drawn < p:
+                samples = rng.permutation(self.n_samples) if self.shuffle else np.arange(self.n_samples)
+                drawn += 1
+            yield (int(windows[p]) * self.n_samples + samples[c * b : (c + 1) * b]).tolist()
 
     def __iter__(self) -> Iterator[list[Any]]:
         # A resumed pass starts after the batches taken before the restart, then deals the rest.
         start, self._resume_at = self._resume_at, 0
-        batches = self._all_batches()[start:]
-        n = self._steps(len(batches))
+        left = self._n_batches() - start
+        steps = self._steps(left) if left > 0 else 0
         # Cycle from the start when there are fewer batches than ranks x steps.
-        mine: list[list[Any]] = (
-            [batches[(self.rank + i * self.world_size) % len(batches)] for i in range(n)] if batches else []
+        batches: Iterator[list[Any]] = self._batches(
+            start + (self.rank + i * self.world_size) % left for i in range(steps)
         )
         if self.dataset is not None:
             epoch, rate = self.dataset.epoch, self.dataset.rate  # read in the main process, now
-            mine = [[ItemKey(i, epoch, rate) for i in batch] for batch in mine]
+            batches = ([ItemKey(i, epoch, rate) for i in batch] for batch in batches)
         self._pass_start, self._yielded = start, 0
-        return self._counted(mine)
+        return self._counted(batches)
 
-    def _counted(self, batches: list[list[Any]]) -> Iterator[list[Any]]:
+    def _counted(self, batches: Iterator[list[Any]]) -> Iterator[list[Any]]:
         for batch in batches:
             self._yielded += 1  # before the yield: a snapshot taken after next() counts this batch
             yield batch
 
+    def _per_window(self) -> int:
+        return self.n_samples // self.batch_size if self.drop_last else math.ceil(self.n_samples / self.batch_size)
+
     def _n_batches(self) -> int:
         """Batches of one epoch, over all ranks."""
-        per_window = (
-            self.n_samples // self.batch_size if self.drop_last else math.ceil(self.n_samples / self.batch_size)
-        )
-        return per_window * self.n_windows
+        return self._per_window() * self.n_windows
 
     def _steps(self, n_batches: int) -> int:
         return math.ceil(n_batches / self.world_size)

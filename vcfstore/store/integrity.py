@@ -221,6 +221,11 @@ class VerifyingStore(WrapperStore[Store]):
     def _with_store(self, store: Store) -> VerifyingStore:
         return type(self)(store, self._where, self._record)
 
+    @property
+    def record(self) -> ChecksumRecord:
+        """The store's checksum record: every file's size and digest, and the shards' pieces."""
+        return self._record
+
     def describe(self, key: str) -> str:
         """The store, array and chunk of ``key``, for messages."""
         return describe_key(self._where, key)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # Zarr (and the integrity and object-storage layers on it) loads when a store opens, so that
 # `import vcfstore` and the exact search work without it (the GPU benchmark's machine may lack it).
 DEFAULT_CHUNK_CACHE = "256MB"  # an object store's per-process cache of compressed chunks
+ALIGN_ROWS = 4096  # rows shifted at a time when a read does not start on a byte boundary
 
 
 def open_store(
@@ -343,6 +344,26 @@ class PanelStore:
         packed = _align_bits(raw, start % 8, stop - start)
         return packed if inverse is None else packed[inverse]
 
+    def read_peak_bytes(self, start: int, stop: int, n_rows: int | None = None) -> int:
+        """A bound of the memory :meth:`read_packed` of sites [start, stop) holds at its peak, result included.
+
+        The bytes read and the result their bits are shifted into (twice the result's size); two
+        decoded chunks; the compressed shard files a whole-panel read takes in (twice: read, then
+        copied out of Zarr's buffer; their sizes as recorded at build); 64 KB of bookkeeping. For
+        a small result the chunks dominate (a window of a 2,008-haplotype panel decodes 514 KB
+        shards for a 259 KB result).
+        """
+        from vcfstore.store.builder import inner_chunk_rows
+
+        params = self.meta["params"]
+        n = self.n_haplotypes if n_rows is None else n_rows
+        first, last = start // 8, (stop + 7) // 8
+        chunk = inner_chunk_rows(self.n_haplotypes, params["haplotype_chunk"]) * params["chunk_sites"] // 8
+        self.root  # noqa: B018 - opens the arrays (and finds the sharded reader) in this process
+        stored = self._sharded.stored_bytes(first, last) if self._sharded is not None else chunk
+        shift = min(n, ALIGN_ROWS) * ((stop - start + 7) // 8)
+        return 2 * n * (last - first) + 2 * chunk + 2 * stored + 2 * shift + (1 << 16)
+
     def window_tokens(self, w: int, rows: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         """Tokens of window ``w``: int64 [n_rows, max_seq_len] laid out ``[SOS] sites [EOS] pad``.
 
@@ -397,19 +418,26 @@ class PanelStore:
 
 
 def _align_bits(raw: np.ndarray, offset: int, n_sites: int) -> np.ndarray:
-    """Packed bytes whose first site is bit ``offset`` of byte 0, shifted to start at bit 0, padding zeroed."""
+    """Packed bytes whose first site is bit ``offset`` of byte 0, shifted to start at bit 0, padding zeroed.
+
+    Shifted ``ALIGN_ROWS`` rows at a time into the result, so a read holds the bytes read and
+    the result, not three copies of a window.
+    """
     n_bytes = (n_sites + 7) // 8
     if offset:
-        head = raw[:, :n_bytes] << np.uint8(offset)
-        tail = raw[:, 1 : n_bytes + 1] >> np.uint8(8 - offset)
-        head[:, : tail.shape[1]] |= tail
-        raw = head
+        out = np.empty((len(raw), n_bytes), dtype=np.uint8)
+        for s in range(0, len(raw), ALIGN_ROWS):
+            rows = raw[s : s + ALIGN_ROWS]
+            head = out[s : s + ALIGN_ROWS]
+            np.left_shift(rows[:, :n_bytes], np.uint8(offset), out=head)
+            tail = rows[:, 1 : n_bytes + 1] >> np.uint8(8 - offset)
+            head[:, : tail.shape[1]] |= tail
+        raw = out
     else:
-        raw = raw[:, :n_bytes]
+        raw = np.ascontiguousarray(raw[:, :n_bytes])
     if n_sites % 8:
-        raw = np.ascontiguousarray(raw)
         raw[:, -1] &= np.uint8((0xFF << (8 - n_sites % 8)) & 0xFF)
-    return np.ascontiguousarray(raw)
+    return raw
 
 
 class ShardedAlleles:
@@ -446,6 +474,12 @@ class ShardedAlleles:
 
     def _key(self, column: int) -> str:
         return f"alleles/c/0/{column}"
+
+    def stored_bytes(self, first: int, last: int) -> int:
+        """Bytes on disk of the shard files holding bytes [first, last) of every haplotype (as recorded)."""
+        files = self.store.record.files
+        columns = range(first // self.width, (last - 1) // self.width + 1)
+        return sum(files.get(self._key(c), (0, ""))[0] for c in columns)
 
     def _decode(self, data: bytes | memoryview, key: str, i: int) -> np.ndarray:
         chunk = np.frombuffer(self._zstd.decode(data), dtype=np.uint8)
