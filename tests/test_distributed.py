@@ -85,7 +85,7 @@ def _rank(rank: int, world_size: int, store: vs.PanelStore, work: Path) -> None:
             "budget_limit": budget.limit,
             "budget_anon": budget.held("anon"),
             "cached_windows": cached,
-            "cached_bytes": sum(store.n_haplotypes * len(store.window_sites(w)) for w in cached),
+            "cached_bytes": sum(store.n_haplotypes * -(-len(store.window_sites(w)) // 8) for w in cached),  # packed
             "built": mine,
         }
         (work / f"rank{rank}.pkl").write_bytes(pickle.dumps(report))

@@ -348,8 +348,9 @@ class PanelStore:
         """A bound of the memory :meth:`read_packed` of sites [start, stop) holds at its peak, result included.
 
         The bytes read and the result their bits are shifted into (twice the result's size); two
-        decoded chunks; the compressed shard files a whole-panel read takes in (twice: read, then
-        copied out of Zarr's buffer; their sizes as recorded at build); 64 KB of bookkeeping. For
+        decoded chunks; the largest compressed shard file a whole-panel read takes in, one at a
+        time (twice: read, then copied out of Zarr's buffer; sizes as recorded at build); 64 KB
+        of bookkeeping. For
         a small result the chunks dominate (a window of a 2,008-haplotype panel decodes 514 KB
         shards for a 259 KB result).
         """
@@ -360,7 +361,7 @@ class PanelStore:
         first, last = start // 8, (stop + 7) // 8
         chunk = inner_chunk_rows(self.n_haplotypes, params["haplotype_chunk"]) * params["chunk_sites"] // 8
         self.root  # noqa: B018 - opens the arrays (and finds the sharded reader) in this process
-        stored = self._sharded.stored_bytes(first, last) if self._sharded is not None else chunk
+        stored = self._sharded.largest_shard(first, last) if self._sharded is not None else chunk
         shift = min(n, ALIGN_ROWS) * ((stop - start + 7) // 8)
         return 2 * n * (last - first) + 2 * chunk + 2 * stored + 2 * shift + (1 << 16)
 
@@ -475,11 +476,11 @@ class ShardedAlleles:
     def _key(self, column: int) -> str:
         return f"alleles/c/0/{column}"
 
-    def stored_bytes(self, first: int, last: int) -> int:
-        """Bytes on disk of the shard files holding bytes [first, last) of every haplotype (as recorded)."""
+    def largest_shard(self, first: int, last: int) -> int:
+        """Bytes on disk of the largest shard file holding bytes [first, last) (as recorded at build)."""
         files = self.store.record.files
         columns = range(first // self.width, (last - 1) // self.width + 1)
-        return sum(files.get(self._key(c), (0, ""))[0] for c in columns)
+        return max(files.get(self._key(c), (0, ""))[0] for c in columns)
 
     def _decode(self, data: bytes | memoryview, key: str, i: int) -> np.ndarray:
         chunk = np.frombuffer(self._zstd.decode(data), dtype=np.uint8)
