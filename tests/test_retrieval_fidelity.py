@@ -7,6 +7,8 @@ rounding) go to the lowest index.
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 import torch
@@ -197,6 +199,26 @@ def test_popcount_threads_and_words(monkeypatch):
     assert popcount.popcount_and(popcount.pack_words(full), popcount.pack_words(full))[0, 0] == 2048
     with pytest.raises(ValueError, match="uint64 rows of equal width"):
         popcount.popcount_and(popcount.pack_words(full), popcount.pack_words(a))
+
+
+def _count(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    from vcfstore.retrieval import popcount
+
+    return popcount.popcount_and(q, ref)
+
+
+def test_threaded_counts_in_a_forked_worker():
+    """A forked worker gets its own counting threads (the parent's pool has none there: it would hang)."""
+    from vcfstore.retrieval import popcount
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 2**64, (4, 3), dtype=np.uint64)
+    ref = rng.integers(0, 2**64, (2 * popcount.THREAD_REFS, 3), dtype=np.uint64)
+    expect = popcount.popcount_and(q, ref)  # the parent's pool is running now (on a machine of 2+ cores)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_count, (q, ref)).get(timeout=60)
+    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(expect, np.bitwise_count(q[:, None] & ref[None]).sum(-1))
 
 
 def test_terms_are_cached_per_weights_version(sim_panels):
