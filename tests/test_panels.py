@@ -465,3 +465,25 @@ def test_cli_samples_panel(tmp_path, multi_vcf):
     )
     assert r.exit_code == 0, r.output
     assert read_frequencies(vs.open_store(tmp_path / "o"))[1].shape[2] == vs.open_store(tmp_path / "o").n_sites
+
+
+def test_array_source_digest_reads_a_memory_map_in_blocks(tmp_path):
+    """The provenance digest of a memory-mapped panel is that of its bytes, without a copy of it in RAM."""
+    import hashlib
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    alleles = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.uint8, shape=(1000, 20_000))
+    alleles[:] = rng.integers(0, 2, alleles.shape, dtype=np.uint8)
+    positions = np.arange(1, 20_001, dtype=np.int64)
+    src = vs.ArraySource(alleles, positions)
+    tracemalloc.start()
+    digest = src.describe()["sha256"]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    want = hashlib.sha256(np.asarray(alleles).tobytes() + positions.tobytes())
+    want.update("\t".join(src.contigs + src.samples).encode())
+    assert digest == want.hexdigest()
+    assert peak < alleles.nbytes / 4, peak  # the whole array is 20 MB
+    transposed = vs.ArraySource(np.ascontiguousarray(alleles.T).T, positions)  # a non-contiguous view
+    assert transposed.describe()["sha256"] == digest

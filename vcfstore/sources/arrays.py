@@ -11,6 +11,8 @@ from vcfstore.errors import InputError
 from vcfstore.sources.base import SiteBlock
 from vcfstore.sources.policy import InputPolicy, RecordFilter
 
+_HASH_ROWS = 256  # haplotypes hashed at a time by describe()
+
 
 class ArraySource:
     """Sites from in-memory arrays (tests, simulations, users' own loaders).
@@ -75,7 +77,10 @@ class ArraySource:
 
     def describe(self) -> dict[str, object]:
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.alleles).tobytes())
+        # Row blocks hash the same bytes as the whole array would, without a copy of it in memory
+        # (a memory-mapped panel of many GB would otherwise be read into RAM whole).
+        for s in range(0, len(self.alleles), _HASH_ROWS):
+            h.update(memoryview(np.ascontiguousarray(self.alleles[s : s + _HASH_ROWS])))
         h.update(self.positions.tobytes())
         h.update("\t".join(self.contigs + self.samples).encode())
         return {"kind": "arrays", "name": "arrays", "size": int(self.alleles.nbytes), "sha256": h.hexdigest()}
