@@ -80,7 +80,7 @@ class ArraySource:
         # Row blocks hash the same bytes as the whole array would, without a copy of it in memory
         # (a memory-mapped panel of many GB would otherwise be read into RAM whole).
         for s in range(0, len(self.alleles), _HASH_ROWS):
-            h.update(memoryview(np.ascontiguousarray(self.alleles[s : s + _HASH_ROWS])))
+            h.update(np.ascontiguousarray(self.alleles[s : s + _HASH_ROWS]).data)
         h.update(self.positions.tobytes())
         h.update("\t".join(self.contigs + self.samples).encode())
         return {"kind": "arrays", "name": "arrays", "size": int(self.alleles.nbytes), "sha256": h.hexdigest()}
