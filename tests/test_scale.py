@@ -121,11 +121,15 @@ def test_damage_inside_a_shard_is_caught_where_it_is_read(sim_arrays, tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(vs.StoreError, match=r"its shard index is damaged"):
         vs.open_store(path).read_alleles(*sites, np.array([0]))
-    # A shard cut short, or gone: named where it is read, never served as data.
+    # A shard cut short, replaced by a directory, or gone: named where it is read, never served as data.
     shard.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(vs.StoreError, match=r"chunk \(0, 1\): its shard index is damaged"):
         vs.open_store(path).read_alleles(*sites, np.array([0]))
     shard.unlink()
+    shard.mkdir()
+    with pytest.raises(vs.StoreError, match=r"chunk \(0, 1\) is missing"):
+        vs.open_store(path).read_alleles(*sites, np.array([0]))
+    shard.rmdir()
     with pytest.raises(vs.StoreError, match=r"chunk \(0, 1\) is missing"):
         vs.open_store(path).read_alleles(*sites, np.array([0]))
 
@@ -411,9 +415,48 @@ def test_read_peak_bytes_bound_what_a_read_allocates(sim_arrays, tmp_path):
     alleles, positions = sim_arrays
     store = vs.build_from_arrays(alleles, positions, tmp_path / "s", chunk_sites=256, haplotype_chunk=32)
     store.read_packed(0, 8)  # open the arrays first: what they keep is not the read's
-    for start, stop in ((0, 300), (3, 700), (250, 251), (5, 13), (0, store.n_sites)):
+    for start, stop in ((0, 300), (3, 700), (250, 251), (5, 13), (255, 257), (250, 262), (0, store.n_sites)):
         tracemalloc.start()
         got = store.read_packed(start, stop)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert got.nbytes < peak <= store.read_peak_bytes(start, stop), (start, stop, peak)
+
+
+def test_pair_sums_hold_a_block_of_distinct_rows_at_a_time():
+    """Thousands of distinct candidate rows are converted EXACT_BLOCK at a time: within working_bytes."""
+    import tracemalloc
+
+    from vcfstore.retrieval import ExactSearcher, PackedAlleles
+    from vcfstore.retrieval import exact_search as es
+
+    rng = np.random.default_rng(8)
+    n_ref, n_sites = 20_000, 1028
+    alleles = PackedAlleles(np.packbits(rng.integers(0, 2, (n_ref, n_sites), dtype=np.uint8), axis=1), n_sites)
+    w = rng.normal(size=(2, n_sites))
+    rows, cols = np.repeat([0, 1], 5000), np.tile(np.arange(0, n_ref, 4), 2)  # 5,000 distinct rows a query
+    tracemalloc.start()
+    hi, lo, g1, g2 = es.exact_pair_sums(w, alleles, rows, cols)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < ExactSearcher.working_bytes(2, n_ref, n_sites), peak
+    every = es.exact_site_sums(w, alleles)
+    np.testing.assert_array_equal(hi * g1 + lo * g2, every[0][rows, cols] * every[2] + every[1][rows, cols] * every[3])
+
+
+def test_torch_counts_unpack_packed_references_alike():
+    """The torch engine takes packed references as they are (unpacked on its device): the same counts."""
+    from vcfstore.retrieval import PackedAlleles
+    from vcfstore.retrieval import exact_search as es
+
+    rng = np.random.default_rng(9)
+    for n_sites in (1, 13, 64, 1028):
+        refs = rng.integers(0, 2, (300, n_sites), dtype=np.uint8)
+        q0, q1 = rng.random((2, 5, n_sites)) < 0.4
+        q1 &= ~q0
+        packed = PackedAlleles(np.packbits(refs, axis=1), n_sites)
+        want = es.allele_counts(refs, q0, q1, engine="numpy")
+        for given in (packed, refs):
+            got = es.allele_counts(given, q0, q1, engine="torch")
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])

@@ -351,22 +351,18 @@ def exact_pair_sums(
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """:func:`exact_site_sums` for the pairs (query ``rows[i]``, reference ``cols[i]``) only: hi, lo [n_pairs].
 
-    ``rows`` must be sorted (as ``np.nonzero`` gives them): each query's references are summed
-    in one product, over the distinct allele rows among them (:func:`distinct_rows`).
+    The sums are taken once per distinct allele row among the candidates (:func:`distinct_rows`)
+    for every query, the rows unpacked and converted ``EXACT_BLOCK`` at a time (so the
+    temporaries stay within :meth:`ExactSearcher.working_bytes`).
     """
     split, g1, g2, b = _integer_split(w)
-    out = np.empty((len(rows), 2))
     reps, group = distinct_rows(alleles, cols)
-    refs = _unpacked(alleles, reps).astype(np.float64)  # [distinct rows, sites]
-    bounds = np.searchsorted(rows, np.arange(len(w) + 1))
-    for i in range(len(w)):
-        s, e = bounds[i], bounds[i + 1]
-        if e > s:
-            if 2 * len(refs) <= e - s:  # most rows needed: all of them in one product
-                out[s:e] = (refs @ split[i].T)[group[s:e]]
-            else:
-                need, inverse = np.unique(group[s:e], return_inverse=True)
-                out[s:e] = (refs[need] @ split[i].T)[inverse]
+    lhs = torch.from_numpy(split.reshape(-1, w.shape[1]))
+    sums = np.empty((len(reps), len(w), 2))  # every query's pair of sums for each distinct row
+    for s in range(0, len(reps), EXACT_BLOCK):  # unpacked and converted EXACT_BLOCK rows at a time
+        refs = torch.from_numpy(_unpacked(alleles, reps[s : s + EXACT_BLOCK])).to(torch.float64)
+        sums[s : s + len(refs)] = (refs @ lhs.T).numpy().reshape(len(refs), len(w), 2)
+    out = sums[group, rows]
     hi, lo = _normalise(out[:, 0], out[:, 1], b)
     return hi, lo, g1, g2
 
@@ -471,7 +467,12 @@ def allele_counts(
     lhs = np.concatenate([q1, keep[:1] if shared else q0])  # one pass over the references counts both
     if engine == "torch":
         dev = torch.device(device)
-        ref = torch.as_tensor(_unpacked(alleles), device=dev).to(torch.float32)
+        if isinstance(alleles, PackedAlleles):  # an eighth of the bytes to move; unpacked on the device
+            bits = torch.as_tensor(alleles.bits, device=dev)
+            shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=dev)
+            ref = ((bits[:, :, None] >> shifts) & 1).reshape(len(bits), -1)[:, : alleles.n_sites].to(torch.float32)
+        else:
+            ref = torch.as_tensor(alleles, device=dev).to(torch.float32)
         prod = (torch.as_tensor(lhs, device=dev).to(torch.float32) @ ref.T).round_().to(torch.int32).cpu().numpy()
     else:
         words = words_of(alleles.bits) if isinstance(alleles, PackedAlleles) else pack_words(alleles)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,13 +36,22 @@ _M1, _M2, _M4, _H01 = (
     np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101)
 )
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool): made on first use
+_POOL: ThreadPoolExecutor | None = None  # one worker per core: made on first use
+_POOL_LOCK = threading.Lock()
 
 
 def _forget_pool() -> None:
     # A forked child (a DataLoader worker) inherits the pool object but none of its threads.
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
     global _POOL
-    _POOL = None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="vcfstore-popcount")
+        return _POOL
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -69,7 +79,6 @@ def _kernel() -> Callable[..., None]:
     """The compiled kernel (Numba is imported on first use: ``import vcfstore`` stays light)."""
     import numba
 
-    @numba.njit(nogil=True, cache=True)
     def and_counts(q: Any, ref: Any, out: Any, start: int, stop: int) -> None:
         n_q, n_words = q.shape
         for s in range(start, stop, BLOCK_REFS):
@@ -86,7 +95,10 @@ def _kernel() -> Callable[..., None]:
                         acc += (x * _H01) >> _U56
                     out[i, r] = acc
 
-    return and_counts
+    try:
+        return numba.njit(nogil=True, cache=True)(and_counts)
+    except RuntimeError:  # no writable cache directory (a read-only install): compile in each process
+        return numba.njit(nogil=True)(and_counts)
 
 
 def _threads() -> int:
@@ -99,7 +111,6 @@ def popcount_and(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
     Both uint64 (:func:`words_of`, :func:`pack_words`); the result is uint16 (uint32 past 65,535
     bits) [n_q, n_ref]. References are split across up to ``torch.get_num_threads()`` threads.
     """
-    global _POOL
     if q.dtype != np.uint64 or ref.dtype != np.uint64 or q.shape[1] != ref.shape[1]:
         got = f"{q.dtype} {q.shape}, {ref.dtype} {ref.shape}"
         raise ValueError(f"popcount_and takes uint64 rows of equal width, not {got}")
@@ -111,10 +122,9 @@ def popcount_and(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
     if threads <= 1:
         kernel(q, ref, out, 0, n_ref)
         return out
-    if _POOL is None or _POOL[0] != threads:
-        _POOL = (threads, ThreadPoolExecutor(threads, thread_name_prefix="vcfstore-popcount"))
+    pool = _pool()
     bounds = np.linspace(0, n_ref, threads + 1).astype(int)
-    jobs = [_POOL[1].submit(kernel, q, ref, out, int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    jobs = [pool.submit(kernel, q, ref, out, int(a), int(b)) for a, b in itertools.pairwise(bounds)]
     for job in jobs:
         job.result()
     return out

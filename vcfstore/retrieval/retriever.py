@@ -203,7 +203,12 @@ class Retriever:
         if self._backend == "exact":
             alleles = self.window_cache.packed(window)
             temporaries = self.exact.working_bytes(len(q), len(alleles), len(sites))
-            with self._reserve(temporaries, f"the exact search of window {window}"):
+            # Counting with torch unpacks the window where the layer is: uint8 bits, then float32.
+            unpacked = len(alleles) * len(sites) * 6 if self.exact.engine == "torch" else 0
+            with (
+                self._reserve(temporaries, f"the exact search of window {window}"),
+                self._reserve(unpacked, f"window {window} unpacked for counting", on_device=True),
+            ):
                 store = self.store
                 return self.exact.search(  # the query tokens were checked above
                     alleles,

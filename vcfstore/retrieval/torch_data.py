@@ -312,7 +312,7 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
             self._resume_at, self._pass_start, self._yielded = 0, 0, 0
         self.epoch = epoch
 
-    def _batches(self, positions: Iterator[int]) -> Iterator[list[int]]:
+    def _batches(self, positions: Iterator[int], seed: int, epoch: int) -> Iterator[list[int]]:
         """The epoch's batches at ``positions`` of its order, made as they are needed.
 
         The order: the windows shuffled, then in each window its samples shuffled and cut into
@@ -328,7 +328,7 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
         for j in positions:
             p, c = divmod(j, per_window)
             if rng is None or p < drawn:
-                rng = np.random.default_rng([self.seed, self.epoch])
+                rng = np.random.default_rng([seed, epoch])  # as at iter(): a later set_epoch does not mix orders
                 windows = rng.permutation(self.n_windows) if self.shuffle else np.arange(self.n_windows)
                 drawn = -1
             while drawn < p:
@@ -343,7 +343,7 @@ class WindowGroupedBatchSampler(Sampler[list[Any]]):
         steps = self._steps(left) if left > 0 else 0
         # Cycle from the start when there are fewer batches than ranks x steps.
         batches: Iterator[list[Any]] = self._batches(
-            start + (self.rank + i * self.world_size) % left for i in range(steps)
+            (start + (self.rank + i * self.world_size) % left for i in range(steps)), self.seed, self.epoch
         )
         if self.dataset is not None:
             epoch, rate = self.dataset.epoch, self.dataset.rate  # read in the main process, now

@@ -11,7 +11,7 @@ from vcfstore.errors import InputError
 from vcfstore.sources.base import SiteBlock
 from vcfstore.sources.policy import InputPolicy, RecordFilter
 
-_HASH_ROWS = 256  # haplotypes hashed at a time by describe()
+_HASH_BYTES = 8 << 20  # alleles hashed at a time by describe()
 
 
 class ArraySource:
@@ -79,8 +79,9 @@ class ArraySource:
         h = hashlib.sha256()
         # Row blocks hash the same bytes as the whole array would, without a copy of it in memory
         # (a memory-mapped panel of many GB would otherwise be read into RAM whole).
-        for s in range(0, len(self.alleles), _HASH_ROWS):
-            h.update(np.ascontiguousarray(self.alleles[s : s + _HASH_ROWS]).data)
+        rows = max(1, _HASH_BYTES // max(1, self.alleles.shape[1]))
+        for s in range(0, len(self.alleles), rows):
+            h.update(np.ascontiguousarray(self.alleles[s : s + rows]).data)
         h.update(self.positions.tobytes())
         h.update("\t".join(self.contigs + self.samples).encode())
         return {"kind": "arrays", "name": "arrays", "size": int(self.alleles.nbytes), "sha256": h.hexdigest()}

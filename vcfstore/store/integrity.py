@@ -29,6 +29,7 @@ the store itself. Messages name the store as ``where``: its directory or its URL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -272,14 +273,19 @@ class VerifyingStore(WrapperStore[Store]):
             raise StoreError(f"{where}: its shard index is damaged (truncated, altered or swapped); rebuild the store")
         self._indexes[key] = data
         if len(self._indexes) > _INDEX_CACHE:
-            self._indexes.popitem(last=False)
+            with contextlib.suppress(KeyError):  # another thread emptied it first
+                self._indexes.popitem(last=False)
         return data
 
     def _cached_index(self, key: str) -> bytes | None:
-        if key in self._indexes:
+        # Lock-free: local gathers run on their callers' threads, so another thread may evict
+        # the entry between the lookup and the move (a miss then, never an error).
+        try:
+            data = self._indexes[key]
             self._indexes.move_to_end(key)
-            return self._indexes[key]
-        return None
+        except KeyError:
+            return None
+        return data
 
     async def _index(self, key: str, shard: ShardRecord) -> bytes:
         """The shard's index, read and checked once."""
@@ -332,9 +338,9 @@ class VerifyingStore(WrapperStore[Store]):
     def read_inner_chunks(self, wanted: dict[str, Sequence[int]]) -> dict[str, list[bytes]]:
         """The compressed bytes of some inner chunks of some shards, each checked.
 
-        A local store is read with ``pread`` on this thread: a 16-row gather reads a few dozen
-        small ranges, which Zarr's event loop would hand to its thread pool one by one (most of
-        the gather's time). Any other store: all ranges in one event-loop round trip.
+        A local store is read with ``pread`` on the calling thread: a 16-row gather reads a few
+        dozen small ranges, which Zarr's event loop would hand to its thread pool one by one (most
+        of the gather's time). Any other store: all ranges in one event-loop round trip.
         """
         if isinstance(self._store, LocalStore):
             return {key: self._local_chunks(key, which) for key, which in wanted.items()}
@@ -354,8 +360,10 @@ class VerifyingStore(WrapperStore[Store]):
         assert isinstance(self._store, LocalStore)
         try:
             fd = os.open(Path(self._store.root) / key, os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # what Zarr's LocalStore calls absent
             raise StoreError(f"{self.describe(key)} is missing; rebuild the store") from None
+        except OSError as e:
+            raise StoreError(f"{self.describe(key)} cannot be read ({e.strerror})") from None
         try:
             raw = self._cached_index(key)
             if raw is None:
@@ -367,6 +375,10 @@ class VerifyingStore(WrapperStore[Store]):
                 offset, nbytes = self._piece(key, index, i)
                 out.append(self._check_piece(key, shard, i, nbytes, os.pread(fd, nbytes, offset)))
             return out
+        except IsADirectoryError:  # a directory opens on Linux; reading it fails
+            raise StoreError(f"{self.describe(key)} is missing; rebuild the store") from None
+        except OSError as e:
+            raise StoreError(f"{self.describe(key)} cannot be read ({e.strerror})") from None
         finally:
             os.close(fd)
 

@@ -3,7 +3,8 @@
 The on-disk layout is described in :mod:`vcfstore.store.format`. A store is a local directory
 or a URL on object storage (``s3://bucket/panel.vcfstore``, see :mod:`vcfstore.store.remote`).
 Format 3's sharded ``alleles`` are read by :class:`ShardedAlleles` (the shard index, then only
-the inner chunks a read needs, each checked against the checksum record, in one round trip)
+the inner chunks a read needs, each checked against the checksum record: ``pread`` on a local
+store, one round trip of range requests on object storage)
 rather than through Zarr's per-chunk machinery, which costs about half a millisecond per inner
 chunk here; anything else (format 2 stores, other layouts) is read through Zarr, checked file by
 file. Both work the same on object storage: the pieces are byte-range reads of the shard objects.
@@ -344,8 +345,8 @@ class PanelStore:
         packed = _align_bits(raw, start % 8, stop - start)
         return packed if inverse is None else packed[inverse]
 
-    def read_peak_bytes(self, start: int, stop: int, n_rows: int | None = None) -> int:
-        """A bound of the memory :meth:`read_packed` of sites [start, stop) holds at its peak, result included.
+    def read_peak_bytes(self, start: int, stop: int) -> int:
+        """A bound of the memory :meth:`read_packed` of sites [start, stop) of every haplotype holds at its peak.
 
         The bytes read and the result their bits are shifted into (twice the result's size); two
         decoded chunks; the largest compressed shard file a whole-panel read takes in, one at a
@@ -357,7 +358,7 @@ class PanelStore:
         from vcfstore.store.builder import inner_chunk_rows
 
         params = self.meta["params"]
-        n = self.n_haplotypes if n_rows is None else n_rows
+        n = self.n_haplotypes
         first, last = start // 8, (stop + 7) // 8
         chunk = inner_chunk_rows(self.n_haplotypes, params["haplotype_chunk"]) * params["chunk_sites"] // 8
         self.root  # noqa: B018 - opens the arrays (and finds the sharded reader) in this process
@@ -446,7 +447,8 @@ class ShardedAlleles:
 
     A read of all haplotypes reads each shard it touches whole (checked against the file's
     SHA-256) and decodes every inner chunk; a read of some haplotypes reads the shard index and
-    only their inner chunks (each checked against its own digest), all in one round trip.
+    only their inner chunks (each checked against its own digest): with ``pread`` on the calling
+    thread from a local store, in one round trip of concurrent range requests from object storage.
     """
 
     def __init__(self, store: Any, n_haplotypes: int, rows: int, width: int) -> None:
@@ -480,7 +482,7 @@ class ShardedAlleles:
         """Bytes on disk of the largest shard file holding bytes [first, last) (as recorded at build)."""
         files = self.store.record.files
         columns = range(first // self.width, (last - 1) // self.width + 1)
-        return max(files.get(self._key(c), (0, ""))[0] for c in columns)
+        return max((files.get(self._key(c), (0, ""))[0] for c in columns), default=0)
 
     def _decode(self, data: bytes | memoryview, key: str, i: int) -> np.ndarray:
         chunk = np.frombuffer(self._zstd.decode(data), dtype=np.uint8)
@@ -504,13 +506,11 @@ class ShardedAlleles:
             key = self._key(c)
             if c in whole:
                 data, index = self.store.read_shard(key)
-                view = memoryview(data)
-                got = [view[int(index[i, 0]) : int(index[i, 0] + index[i, 1])] for i in which]
-            else:
-                got = pieces[key]
+                pieces[key] = [data[int(index[i, 0]) : int(index[i, 0] + index[i, 1])] for i in which]
+                del data  # the pieces are copies: one shard file in memory at a time
             lo, hi = max(first, c * self.width), min(last, (c + 1) * self.width)
-            for i, data in zip(which, got, strict=True):
-                chunk = self._decode(data, key, i)[:, lo - c * self.width : hi - c * self.width]
+            for i, piece in zip(which, pieces.pop(key), strict=True):
+                chunk = self._decode(piece, key, i)[:, lo - c * self.width : hi - c * self.width]
                 r0, r1 = i * self.rows, min(self.n_haplotypes, (i + 1) * self.rows)
                 if rows is None:
                     out[r0:r1, lo - first : hi - first] = chunk[: r1 - r0]
