@@ -85,12 +85,12 @@ MAIN_SHARE = 0.52  # main process 437 MB; two fork workers 202 MB each, or one s
 
 @pytest.fixture(scope="module")
 def panel(tmp_path_factory) -> vs.PanelStore:
-    """48,000 haplotypes x 70 windows of 1028 sites: 433 MB of packed windows, built from a memory map.
+    """48,000 haplotypes x 80 windows of 1028 sites: 495 MB of packed windows, built from a memory map.
 
     Each window's haplotypes are copies of 1,000 random ones (fast to make and to compress; the
     exact search breaks their ties by index). A window is 6.2 MB as the caches hold it (packed).
     """
-    n_hap, n_windows, window, distinct = 48_000, 70, 1028, 1000
+    n_hap, n_windows, window, distinct = 48_000, 80, 1028, 1000
     n_sites = n_windows * window
     tmp = tmp_path_factory.mktemp("tree")
     alleles = np.lib.format.open_memmap(tmp / "alleles.npy", mode="w+", dtype=np.uint8, shape=(n_hap, n_sites))

@@ -351,9 +351,8 @@ class PanelStore:
         The bytes read and the result their bits are shifted into (twice the result's size); two
         decoded chunks; the largest compressed shard file a whole-panel read takes in, one at a
         time (twice: read, then copied out of Zarr's buffer; sizes as recorded at build); 64 KB
-        of bookkeeping. For
-        a small result the chunks dominate (a window of a 2,008-haplotype panel decodes 514 KB
-        shards for a 259 KB result).
+        of bookkeeping. For a small result the chunks dominate (a window of a 2,008-haplotype
+        panel decodes 514 KB shards for a 259 KB result).
         """
         from vcfstore.store.builder import inner_chunk_rows
 
