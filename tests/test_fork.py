@@ -23,4 +23,3 @@ def test_workers_read_what_the_parent_reads(sim_store, method):
         got = pool.starmap(_read, [(store, w) for w in range(store.n_windows)], chunksize=1)
     assert got == expect
     assert _read(store, 0) == expect[0]  # the parent still reads after its children
-

@@ -274,7 +274,15 @@ def test_exact_search_and_the_gpu_benchmark_import_without_zarr_or_faiss():
 
 
 def _search(
-    device: str, n: int, n_sites: int, *, seed: int, positionwise_terms: bool, packed: bool = False, method="auto"
+    device: str,
+    n: int,
+    n_sites: int,
+    *,
+    seed: int,
+    positionwise_terms: bool,
+    packed: bool = False,
+    method: str = "auto",
+    engine: str = "auto",
 ) -> tuple:
     """48 masked mosaic queries against ``n`` mosaic references on ``device``, K = 8.
 
@@ -299,7 +307,7 @@ def _search(
     queries = layout_tokens(held, n_sites + 2, vocab, mask)
     torch.manual_seed(0)
     layer = VcfBertEmbedding(64, max_len=n_sites + 2).to(device)
-    searcher = ExactSearcher(layer, {"pos": positionwise_terms}, device=device, method=method)
+    searcher = ExactSearcher(layer, {"pos": positionwise_terms}, device=device, method=method, engine=engine)
     given = PackedAlleles(np.packbits(refs, axis=1), n_sites) if packed else refs
     dist, idx = searcher.search(given, queries, 8, max_seq_len=n_sites + 2, vocab=vocab, ref_af=af)
     return dist, idx, refs, held, ~mask[1:-1]
@@ -349,6 +357,26 @@ def test_pair_sums_over_distinct_rows_equal_the_sums_of_every_reference():
         np.testing.assert_array_equal(plo, lo[rows, cols])
 
 
+def test_device_pair_sums_equal_the_hosts_bit_for_bit(monkeypatch):
+    """The torch engine sums its candidates where its counts are, pair by pair and in chunks: the
+    same integer pairs as the host's sums per distinct row, packed or not."""
+    import torch
+
+    from vcfstore.retrieval import PackedAlleles, device_search
+    from vcfstore.retrieval import exact_search as es
+
+    monkeypatch.setattr(device_search, "PAIR_CHUNK", 100)
+    rng = np.random.default_rng(8)
+    alleles = rng.integers(0, 2, (5_000, 203), dtype=np.uint8)
+    w = rng.normal(size=(7, 203)) * (rng.random((7, 203)) < 0.7)
+    rows, cols = np.nonzero(rng.random((7, 5_000)) < 0.05)
+    want = es.exact_pair_sums(w, alleles, rows, cols)
+    for given in (alleles, PackedAlleles(np.packbits(alleles, axis=1), 203)):
+        got = es.exact_pair_sums(w, given, rows, cols, device=torch.device("cpu"))
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_smallest_pairs_equal_a_full_partition():
     from vcfstore.retrieval import exact_search as es
 
@@ -373,8 +401,9 @@ def test_packed_alleles_refuse_a_wrong_shape():
 
 
 @cuda
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("n", [2_000, 20_000])
-def test_exact_search_on_cuda_finds_the_cpus_neighbours(n):
+def test_exact_search_on_cuda_finds_the_cpus_neighbours(n, packed):
     """VCF-Bert's layer: the same distances, and the same neighbours up to float32 rounding.
 
     CUDA's float32 embeddings round differently from the CPU's, so references whose distances
@@ -382,23 +411,57 @@ def test_exact_search_on_cuda_finds_the_cpus_neighbours(n):
     """
     from benchmarks.scale import compare
 
-    cpu = _search("cpu", n, 300, seed=n, positionwise_terms=True)
-    gpu = _search("cuda", n, 300, seed=n, positionwise_terms=True)
+    cpu = _search("cpu", n, 300, seed=n, positionwise_terms=True, packed=packed)
+    gpu = _search("cuda", n, 300, seed=n, positionwise_terms=True, packed=packed)
     assert compare(cpu[:2], gpu[:2])["neighbours_agree"]
 
 
 @cuda
-def test_exact_search_on_cuda_breaks_exact_ties_by_lowest_index():
+@pytest.mark.parametrize("packed", [False, True])
+def test_exact_search_on_cuda_breaks_exact_ties_by_lowest_index(packed):
     """Bitwise-equal per-site terms: distances are c x the masked Hamming distance, with many exact
     ties; CUDA, the CPU and an integer brute force must give the very same indices."""
     n = 5_000
-    _, idx_gpu, refs, held, keep = _search("cuda", n, 300, seed=7, positionwise_terms=False)
-    _, idx_cpu, *_ = _search("cpu", n, 300, seed=7, positionwise_terms=False)
+    _, idx_gpu, refs, held, keep = _search("cuda", n, 300, seed=7, positionwise_terms=False, packed=packed)
+    _, idx_cpu, *_ = _search("cpu", n, 300, seed=7, positionwise_terms=False, packed=packed)
     hamming = ((refs[None, :, keep] != held[:, None, keep]).sum(-1)).astype(np.int64)
     want = np.lexsort((np.broadcast_to(np.arange(n), hamming.shape), hamming), axis=-1)[:, :8]
     np.testing.assert_array_equal(idx_cpu, want)
     np.testing.assert_array_equal(idx_gpu, want)
     assert (np.take_along_axis(hamming, want, 1)[:, 1:] == np.take_along_axis(hamming, want, 1)[:, :-1]).any()
+
+
+@cuda
+def test_the_window_stays_on_cuda_between_searches():
+    """Batch after batch of one window (the cache's frozen array), the packed bits are copied to the
+    GPU once, by the counting and the candidates' sums alike; another window replaces them."""
+    import torch
+
+    from vcfstore.retrieval import ExactSearcher, PackedAlleles, VcfBertEmbedding
+    from vcfstore.store.vocab import Vocabulary, layout_tokens
+
+    vocab, n_sites = Vocabulary(), 300
+    refs = _mosaic(5_048, n_sites, seed=2)
+    bits = np.packbits(refs[:5_000], axis=1)
+    bits.flags.writeable = False
+    mask = np.zeros(n_sites + 2, bool)
+    mask[1:-1] = np.random.default_rng(2).random(n_sites) < 0.5
+    queries = layout_tokens(refs[5_000:], n_sites + 2, vocab, mask)
+    af = np.zeros(n_sites + 2, np.float32)
+    af[1:-1] = refs.mean(0)
+    layer = VcfBertEmbedding(64, max_len=n_sites + 2).to("cuda")
+    searcher = ExactSearcher(layer, {"pos": True}, device="cuda")
+    args = dict(max_seq_len=n_sites + 2, vocab=vocab, ref_af=af)
+    first = searcher.search(PackedAlleles(bits, n_sites), queries, 8, **args)
+    held = searcher.resident._dev
+    assert held is not None and searcher.resident.nbytes == bits.nbytes
+    again = searcher.search(PackedAlleles(bits, n_sites), queries, 8, **args)
+    assert searcher.resident._dev is held
+    np.testing.assert_array_equal(first[1], again[1])
+    other = bits.copy()
+    other.flags.writeable = False
+    searcher.search(PackedAlleles(other, n_sites), queries, 8, **args)
+    assert searcher.resident._dev is not held and torch.equal(searcher.resident._dev, held)
 
 
 def test_gpu_check_script_parses_and_installs_nothing():
@@ -444,19 +507,84 @@ def test_pair_sums_hold_a_block_of_distinct_rows_at_a_time():
     np.testing.assert_array_equal(hi * g1 + lo * g2, every[0][rows, cols] * every[2] + every[1][rows, cols] * every[3])
 
 
-def test_torch_counts_unpack_packed_references_alike():
-    """The torch engine takes packed references as they are (unpacked on its device): the same counts."""
-    from vcfstore.retrieval import PackedAlleles
+@pytest.mark.parametrize("int8", [False, True])
+def test_torch_counts_unpack_packed_references_alike(monkeypatch, int8):
+    """The torch engine takes packed references as they are (unpacked on its device): the same counts.
+
+    ``int8``: CUDA's product (int8 operands padded to multiples of 8, at least 32 rows), run on
+    the CPU, in chunks that end mid-panel and panels that are no multiple of 8.
+    """
+    import torch
+
+    from vcfstore.retrieval import PackedAlleles, device_search
     from vcfstore.retrieval import exact_search as es
 
+    monkeypatch.setattr(device_search, "_int8_product", lambda device: int8)
+    monkeypatch.setattr(device_search, "DEVICE_CHUNK", 128)
     rng = np.random.default_rng(9)
-    for n_sites in (1, 13, 64, 1028):
-        refs = rng.integers(0, 2, (300, n_sites), dtype=np.uint8)
-        q0, q1 = rng.random((2, 5, n_sites)) < 0.4
+    for n_sites, n_q in ((1, 1), (13, 5), (64, 17), (1028, 40)):
+        refs = rng.integers(0, 2, (301, n_sites), dtype=np.uint8)
+        q0, q1 = rng.random((2, n_q, n_sites)) < 0.4
         q1 &= ~q0
         packed = PackedAlleles(np.packbits(refs, axis=1), n_sites)
         want = es.allele_counts(refs, q0, q1, engine="numpy")
+        brute = ((q0[:, None] | q1[:, None]) & (refs[None] == 1)).sum(-1)
+        np.testing.assert_array_equal(want[0] + want[1], brute)
         for given in (packed, refs):
             got = es.allele_counts(given, q0, q1, engine="torch")
+            assert all(isinstance(g, torch.Tensor) and g.dtype == torch.int32 for g in got)
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_resident_bits_are_reused_only_for_the_very_same_read_only_array(monkeypatch):
+    """The packed window stays on the device between searches only while it is the same frozen array:
+    a writeable array (which may change) or another array is copied again, never answered stale."""
+    import gc
+
+    import torch
+
+    from vcfstore.retrieval.device_search import ResidentBits
+
+    copies = []
+
+    def to_device(a, device=None):  # a device copy (on the CPU torch would share the array's memory)
+        copies.append(torch.from_numpy(np.array(a)))
+        return copies[-1]
+
+    monkeypatch.setattr(torch, "as_tensor", to_device)
+    held, where = ResidentBits(), torch.device("cuda", 0)  # the fake copies stay on the CPU: matched as asked for
+    frozen = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    frozen.flags.writeable = False
+    first = held.get(frozen, where)
+    assert held.get(frozen, where) is first and held.nbytes == 12 and len(copies) == 1
+    if torch.cuda.is_available():  # "cuda" is the current CUDA device: the same copy
+        assert held.get(frozen, torch.device("cuda")) is first
+    twin = frozen.copy()
+    twin.flags.writeable = False
+    assert held.get(twin, where) is not first and len(copies) == 2  # equal bytes, another array
+    open_ = np.zeros((3, 4), np.uint8)
+    held.get(open_, where)
+    open_[0, 0] = 9
+    assert held.get(open_, where)[0, 0] == 9 and held.nbytes == 0 and len(copies) == 4
+    again = held.get(twin, where)
+    del twin
+    gc.collect()
+    other = np.full((3, 4), 7, np.uint8)
+    other.flags.writeable = False
+    assert held.get(other, where) is not again and int(held.get(other, where)[0, 0]) == 7
+
+
+@pytest.mark.parametrize("proved", [True, False])
+def test_device_candidates_select_as_the_host_does(monkeypatch, proved):
+    """The torch engine selects its candidates where its counts are (both the count-order proof and,
+    when that fails, the bounds of every reference): the same neighbours and distances as the host."""
+    from vcfstore.retrieval import exact_search as es
+
+    if not proved:  # the fallback: every reference's bounds, on both sides
+        monkeypatch.setattr(es, "count_order_proved", lambda *a, **kw: False)
+    for positionwise in (True, False):
+        want = _search("cpu", 3_000, 300, seed=5, positionwise_terms=positionwise, packed=True)
+        got = _search("cpu", 3_000, 300, seed=5, positionwise_terms=positionwise, packed=True, engine="torch")
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])

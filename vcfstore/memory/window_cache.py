@@ -42,6 +42,8 @@ class WindowCache:
             # The read's peak (decoded chunks, bit shifting), not just the packed bytes it keeps.
             self.cache.admit(anon=self.store.read_peak_bytes(sites.start, sites.stop), what=f"reading window {w}")
             bits = self.store.window_packed(w)
+            # Read-only: every reader shares it, and a device copy of it is reused while it is the same array.
+            bits.flags.writeable = False
             self.cache.put(w, bits, anon=bits.nbytes)
         return PackedAlleles(bits, n_sites)
 

@@ -33,8 +33,10 @@ How the sums are found fast. A query's weights take two values per site up to ro
 (``w_p ~ +c`` where the query holds allele 0, ``~ -c`` where it holds allele 1, 0 where masked),
 so counting is nearly all of the work: ``S0(q, r)`` and ``S1(q, r)``, the sites where the
 reference holds allele 1 and the query allele 0 or 1, are popcounts of 64-bit words of packed
-alleles (or one float32 matrix product of 0/1 values on a GPU: exact, the counts are small
-integers). They bound every key, ``S0 min w0 + S1 min w1 <= key <= S0 max w0 + S1 max w1``;
+alleles (or a matrix product of 0/1 values on a GPU: exact, the counts are small integers;
+the counts stay on the GPU and only the candidates come back,
+:mod:`vcfstore.retrieval.device_search`). They bound every key,
+``S0 min w0 + S1 min w1 <= key <= S0 max w0 + S1 max w1``;
 a reference whose lower bound exceeds the K-th smallest upper bound (plus a margin far above
 the bounds' rounding) cannot be among the K nearest, and only the others, usually K plus the
 references tied with them, get the exact integer keys above. Ranking the survivors takes one
@@ -51,7 +53,8 @@ the table it embeds for composition to :meth:`ExactSearcher.prime` so it is not 
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import functools
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +62,7 @@ import numpy as np
 import torch
 
 from vcfstore.errors import ArgumentError, NotPositionwiseError, VcfstoreError
+from vcfstore.retrieval import device_search
 from vcfstore.retrieval.embedding import (
     Embedding,
     WeightsIdentity,
@@ -347,22 +351,33 @@ def distinct_rows(alleles: np.ndarray | PackedAlleles, cols: np.ndarray) -> tupl
 
 
 def exact_pair_sums(
-    w: np.ndarray, alleles: np.ndarray | PackedAlleles, rows: np.ndarray, cols: np.ndarray
+    w: np.ndarray,
+    alleles: np.ndarray | PackedAlleles,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    device: torch.device | None = None,
+    resident: device_search.ResidentBits | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """:func:`exact_site_sums` for the pairs (query ``rows[i]``, reference ``cols[i]``) only: hi, lo [n_pairs].
 
-    The sums are taken once per distinct allele row among the candidates (:func:`distinct_rows`)
-    for every query, the rows unpacked and converted ``EXACT_BLOCK`` at a time (so the
-    temporaries stay within :meth:`ExactSearcher.working_bytes`).
+    On the host the sums are taken once per distinct allele row among the candidates
+    (:func:`distinct_rows`) for every query, the rows unpacked and converted ``EXACT_BLOCK`` at a
+    time (so the temporaries stay within :meth:`ExactSearcher.working_bytes`). With ``device``
+    they are taken there, pair by pair (:func:`vcfstore.retrieval.device_search.pair_sums`, the
+    packed bits held in ``resident``): the same integers.
     """
     split, g1, g2, b = _integer_split(w)
-    reps, group = distinct_rows(alleles, cols)
-    lhs = torch.from_numpy(split.reshape(-1, w.shape[1]))
-    sums = np.empty((len(reps), len(w), 2))  # every query's pair of sums for each distinct row
-    for s in range(0, len(reps), EXACT_BLOCK):  # unpacked and converted EXACT_BLOCK rows at a time
-        refs = torch.from_numpy(_unpacked(alleles, reps[s : s + EXACT_BLOCK])).to(torch.float64)
-        sums[s : s + len(refs)] = (refs @ lhs.T).numpy().reshape(len(refs), len(w), 2)
-    out = sums[group, rows]
+    if device is not None:
+        out = device_search.pair_sums(split, alleles, rows, cols, device, resident or device_search.ResidentBits())
+    else:
+        reps, group = distinct_rows(alleles, cols)
+        lhs = torch.from_numpy(split.reshape(-1, w.shape[1]))
+        sums = np.empty((len(reps), len(w), 2))  # every query's pair of sums for each distinct row
+        for s in range(0, len(reps), EXACT_BLOCK):  # unpacked and converted EXACT_BLOCK rows at a time
+            refs = torch.from_numpy(_unpacked(alleles, reps[s : s + EXACT_BLOCK])).to(torch.float64)
+            sums[s : s + len(refs)] = (refs @ lhs.T).numpy().reshape(len(refs), len(w), 2)
+        out = sums[group, rows]
     hi, lo = _normalise(out[:, 0], out[:, 1], b)
     return hi, lo, g1, g2
 
@@ -451,36 +466,30 @@ def allele_counts(
     *,
     engine: str = "numpy",
     device: Any = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
+    resident: device_search.ResidentBits | None = None,
+) -> tuple[Any, Any]:
     """``(S0, S1)`` [n_q, n_ref]: sites where the reference holds allele 1 and the query allele 0 (``q0``) or 1.
 
     ``alleles`` are uint8 [n_ref, n_sites] or :class:`PackedAlleles`; ``q0``, ``q1`` are boolean
-    [n_q, n_sites] (both False where masked). ``engine="numpy"``
-    counts with popcount on 64-bit words (:func:`vcfstore.retrieval.popcount.popcount_and`, on the
-    CPU's threads); ``"torch"`` with one float32 matrix product of 0/1
-    values on ``device`` (exact: every count is an integer below 2^24). Both give the same
-    integers. Queries sharing one mask (a window-grouped batch) need only ``S1`` per pair:
-    ``S0`` is then the reference's count over the unmasked sites less ``S1``.
+    [n_q, n_sites] (both False where masked). ``engine="numpy"`` counts with popcount on 64-bit
+    words (:func:`vcfstore.retrieval.popcount.popcount_and`, on the CPU's threads) and gives int32
+    arrays; ``"torch"`` counts with a matrix product of 0/1 values on ``device``
+    (:func:`vcfstore.retrieval.device_search.device_counts`) and gives int32 tensors there, the
+    packed bits held in ``resident`` between searches. Both give the same integers. Queries
+    sharing one mask (a window-grouped batch) need only ``S1`` per pair: ``S0`` is then the
+    reference's count over the unmasked sites less ``S1``.
     """
     keep = q0 | q1
     shared = bool((keep == keep[:1]).all())
     lhs = np.concatenate([q1, keep[:1] if shared else q0])  # one pass over the references counts both
+    prod: Any
     if engine == "torch":
-        dev = torch.device(device)
-        if isinstance(alleles, PackedAlleles):  # an eighth of the bytes to move; unpacked on the device
-            bits = torch.as_tensor(alleles.bits, device=dev)
-            shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=dev)
-            ref = ((bits[:, :, None] >> shifts) & 1).reshape(len(bits), -1)[:, : alleles.n_sites].to(torch.float32)
-        else:
-            ref = torch.as_tensor(alleles, device=dev).to(torch.float32)
-        prod = (torch.as_tensor(lhs, device=dev).to(torch.float32) @ ref.T).round_().to(torch.int32).cpu().numpy()
+        prod = device_search.device_counts(alleles, lhs, torch.device(device), resident or device_search.ResidentBits())
     else:
         words = words_of(alleles.bits) if isinstance(alleles, PackedAlleles) else pack_words(alleles)
-        prod = popcount_and(pack_words(lhs), words)
+        prod = popcount_and(pack_words(lhs), words).astype(np.int32, copy=False)
     s1, rest = prod[: len(q1)], prod[len(q1) :]
-    s1 = s1.astype(np.int32, copy=False)
-    s0 = rest.astype(np.int32, copy=False) - s1 if shared else rest.astype(np.int32, copy=False)
-    return s0, s1
+    return (rest - s1 if shared else rest), s1
 
 
 def _weight_range(w: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -492,33 +501,55 @@ def _weight_range(w: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return lo, hi
 
 
-def _count_order_candidates(
-    s0: np.ndarray,
-    s1: np.ndarray,
+def count_order_proved(
+    m_k: np.ndarray,
+    top: np.ndarray,
+    *,
     q0: np.ndarray,
     q1: np.ndarray,
     ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     margin: np.ndarray,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The candidates when the keys follow ``m = S0 - S1`` (weights near +c and -c): pairs (rows, cols), or None.
+) -> bool:
+    """Whether the references with ``m = S0 - S1`` at most each row's k-th smallest ``m_k`` hold its k nearest.
 
-    Takes the references with ``m`` at most the k-th smallest ``m_k`` of their row (an integer
-    partition, no bound computed for every reference) and proves that no other can be among the
-    k nearest: every other has ``m >= m_k + 1`` and ``S0 + S1 <= S`` (the query's unmasked
-    sites), so its key is at least ``(m_k + 1)(w0_lo - w1_lo) / 2 + min(0, S (w0_lo + w1_lo) / 2)``,
-    which must exceed the largest upper bound among those taken. None when a row fails that.
+    For keys that follow ``m`` (weights near +c and -c): ``top`` [n_q] is the largest upper bound
+    among the references taken. Every other reference has ``m >= m_k + 1`` and ``S0 + S1 <= S``
+    (the query's unmasked sites), so its key is at least
+    ``(m_k + 1)(w0_lo - w1_lo) / 2 + min(0, S (w0_lo + w1_lo) / 2)``, which must exceed ``top``
+    (each side widened by the margin) in every row.
     """
-    w0_lo, w0_hi, w1_lo, w1_hi = ranges
-    m = s0 - s1
-    m_k, rows, cols = smallest_pairs(m, k)
-    upper = s0[rows, cols] * w0_hi[rows] + s1[rows, cols] * w1_hi[rows]
-    starts = np.searchsorted(rows, np.arange(len(m)))  # every row has at least k pairs
-    top = np.maximum.reduceat(upper, starts)
+    w0_lo, _, w1_lo, _ = ranges
     unmasked = (q0 | q1).sum(1)
     floor = (m_k + 1) * (w0_lo - w1_lo) / 2 + np.minimum(0.0, unmasked * (w0_lo + w1_lo) / 2)
-    if not ((w0_lo > w1_lo) & (floor - margin > top + margin)).all():
-        return None
+    return bool(((w0_lo > w1_lo) & (floor - margin > top + margin)).all())
+
+
+def host_candidates(
+    s0: np.ndarray,
+    s1: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    margin: np.ndarray,
+    k: int,
+    proved: Callable[[np.ndarray, np.ndarray], bool],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (rows, cols) that may hold each query's k nearest; rows ascending.
+
+    First the references with ``m = S0 - S1`` at most the k-th smallest ``m_k`` of their row (an
+    integer partition, no bound computed for every reference), kept when ``proved(m_k, top)``
+    (:func:`count_order_proved`); else the bounds of every reference, and those whose lower bound
+    is within the margin of the k-th smallest upper bound of their row.
+    :func:`vcfstore.retrieval.device_search.candidates` does the same where the counts are on a device.
+    """
+    w0_lo, w0_hi, w1_lo, w1_hi = ranges
+    m_k, rows, cols = smallest_pairs(s0 - s1, k)
+    upper = s0[rows, cols] * w0_hi[rows] + s1[rows, cols] * w1_hi[rows]
+    starts = np.searchsorted(rows, np.arange(len(s0)))  # every row has at least k pairs
+    if proved(m_k, np.maximum.reduceat(upper, starts)):
+        return rows, cols
+    upper = s0 * w0_hi[:, None] + s1 * w1_hi[:, None]
+    kth = np.partition(upper, k - 1, axis=1)[:, k - 1 : k]
+    lower = s0 * w0_lo[:, None] + s1 * w1_lo[:, None]
+    rows, cols = np.nonzero(lower <= kth + margin[:, None])  # at least the k smallest upper bounds a row
     return rows, cols
 
 
@@ -540,8 +571,9 @@ class ExactSearcher:
         bounds and exact sums for the candidates they leave). All give the same result.
     engine : {"auto", "numpy", "torch"}
         How to count: popcount on 64-bit words on the CPU (a compiled kernel on NumPy arrays), or a
-        float32 matrix product in torch on ``device``; ``auto`` takes torch where the layer is on a
-        GPU. Both give the same counts.
+        matrix product in torch on ``device``, where the candidates are then selected too (an
+        int8 product on CUDA; :mod:`vcfstore.retrieval.device_search`); ``auto`` takes torch where
+        the layer is on a GPU. Both give the same counts and the same result.
     weights : WeightsIdentity, optional
         Identifies the layer's weights for the per-window cache (a :class:`Retriever` passes its own).
     """
@@ -564,6 +596,8 @@ class ExactSearcher:
         self.device = embedding_device(layer, device)
         self.engine = engine if engine != "auto" else ("numpy" if self.device.type == "cpu" else "torch")
         self.weights = weights or WeightsIdentity(layer, forward_kwargs)
+        # With the torch engine: the last window's packed bits, kept on the device between searches.
+        self.resident = device_search.ResidentBits()
         self._verified: set[int] = set()
         self.max_deviation = 0.0  # largest |layer output - table composition| seen by the check
         self._terms: dict[Hashable, SiteTerms] = {}
@@ -697,14 +731,18 @@ class ExactSearcher:
         else:
             sites = queries[:, 1 : n_sites + 1]
             q0, q1 = sites == vocab.allele0, sites == vocab.allele1
-            s0, s1 = allele_counts(alleles, q0, q1, engine=self.engine, device=self.device)
+            s0, s1 = allele_counts(alleles, q0, q1, engine=self.engine, device=self.device, resident=self.resident)
             if c is not None:  # d = c * Hamming over unmasked sites: every other term is 0
-                hamming = (s0 - s1 + q1.sum(1, keepdims=True)).astype(np.float64)
-                idx = rank_keys(hamming, np.zeros_like(hamming), k)
-                hi, lo, g1, g2 = np.take_along_axis(hamming, idx, 1), np.zeros(idx.shape), c, 0.0
+                if isinstance(s0, torch.Tensor):
+                    idx, hi = device_search.hamming_top_k(s0, s1, q1.sum(1), k)
+                else:
+                    hamming = (s0 - s1 + q1.sum(1, keepdims=True)).astype(np.float64)
+                    idx = rank_keys(hamming, np.zeros_like(hamming), k)
+                    hi = np.take_along_axis(hamming, idx, 1)
+                lo, g1, g2 = np.zeros(idx.shape), c, 0.0
                 base = np.zeros(len(queries))
             else:
-                idx, hi, lo, g1, g2 = self._bounded(alleles, w, q0, q1, s0, s1, k)
+                idx, hi, lo, g1, g2 = self._bounded(alleles, w, q0, q1, s0, s1, k, self.resident)
         dist = base[:, None] + hi * g1 + lo * g2
         return np.maximum(dist, 0).astype(np.float32), idx.astype(np.int64)  # rounding can leave -1e-14
 
@@ -714,26 +752,30 @@ class ExactSearcher:
         w: np.ndarray,
         q0: np.ndarray,
         q1: np.ndarray,
-        s0: np.ndarray,
-        s1: np.ndarray,
+        s0: Any,
+        s1: Any,
         k: int,
+        resident: device_search.ResidentBits | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-        """Exact ranking of the references the count bounds leave: (indices, hi, lo [n_q, k], g1, g2)."""
+        """Exact ranking of the references the count bounds leave: (indices, hi, lo [n_q, k], g1, g2).
+
+        The counts ``s0``, ``s1`` are arrays, or tensors on the device that made them: the
+        candidates are then selected and summed there (``resident`` holds the window's bits).
+        """
         w0_lo, w0_hi = _weight_range(w, q0)
         w1_lo, w1_hi = _weight_range(w, q1)
+        ranges = (w0_lo, w0_hi, w1_lo, w1_hi)
         margin = BOUND_MARGIN * w.shape[1] * np.abs(w).max(1) + np.finfo(np.float64).tiny
-        found = _count_order_candidates(s0, s1, q0, q1, (w0_lo, w0_hi, w1_lo, w1_hi), margin, k)
-        if found is not None:
-            rows, cols = found
-        else:  # the bounds of every reference, and the k-th smallest upper bound of each row
-            upper = s0 * w0_hi[:, None] + s1 * w1_hi[:, None]
-            kth = np.partition(upper, k - 1, axis=1)[:, k - 1 : k]
-            lower = s0 * w0_lo[:, None] + s1 * w1_lo[:, None]
-            rows, cols = np.nonzero(lower <= kth + margin[:, None])  # at least the k smallest upper bounds a row
-        if len(rows) * 4 < s0.size:  # few survivors (K and their ties): their sums alone
-            hi, lo, g1, g2 = exact_pair_sums(w, alleles, rows, cols)
+        proved = functools.partial(count_order_proved, q0=q0, q1=q1, ranges=ranges, margin=margin)
+        if isinstance(s0, torch.Tensor):  # counted on a device: selected and summed there
+            rows, cols = device_search.candidates(s0, s1, ranges, margin, k, proved)
+            hi, lo, g1, g2 = exact_pair_sums(w, alleles, rows, cols, device=s0.device, resident=resident)
         else:
-            hi_all, lo_all, g1, g2 = exact_site_sums(w, alleles)
-            hi, lo = hi_all[rows, cols], lo_all[rows, cols]
+            rows, cols = host_candidates(s0, s1, ranges, margin, k, proved)
+            if len(rows) * 4 < s0.size:  # few survivors (K and their ties): their sums alone
+                hi, lo, g1, g2 = exact_pair_sums(w, alleles, rows, cols)
+            else:
+                hi_all, lo_all, g1, g2 = exact_site_sums(w, alleles)
+                hi, lo = hi_all[rows, cols], lo_all[rows, cols]
         pick = _first_k(rows, cols, hi, lo, k, len(w))
         return cols[pick], hi[pick], lo[pick], g1, g2

@@ -19,6 +19,7 @@ import torch
 from vcfstore.errors import ArgumentError, IndexSetError, NotPositionwiseError, VcfstoreError
 from vcfstore.memory.budget import MemoryBudget
 from vcfstore.memory.window_cache import WindowCache
+from vcfstore.retrieval import device_search
 from vcfstore.retrieval.compose import ComposePlan, Composer
 from vcfstore.retrieval.embedding import (
     Embedding,
@@ -203,11 +204,13 @@ class Retriever:
         if self._backend == "exact":
             alleles = self.window_cache.packed(window)
             temporaries = self.exact.working_bytes(len(q), len(alleles), len(sites))
-            # Counting with torch unpacks the window where the layer is: uint8 bits, then float32.
-            unpacked = len(alleles) * len(sites) * 6 if self.exact.engine == "torch" else 0
+            # Counting with torch: the packed window where the layer is, unpacked a chunk at a time, and the counts.
+            on_device = 0
+            if self.exact.engine == "torch":
+                on_device = alleles.bits.nbytes + device_search.working_bytes(len(q), len(alleles), len(sites))
             with (
                 self._reserve(temporaries, f"the exact search of window {window}"),
-                self._reserve(unpacked, f"window {window} unpacked for counting", on_device=True),
+                self._reserve(on_device, f"counting window {window} on {self.device}", on_device=True),
             ):
                 store = self.store
                 return self.exact.search(  # the query tokens were checked above
