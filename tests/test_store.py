@@ -202,3 +202,15 @@ def test_tokens_property(tmp_path_factory, n_samples, n_sites, window, overlap_f
         np.testing.assert_array_equal(tok[:, 1 : n + 1], expect)
         assert (tok[:, 0] == 2).all() and (tok[:, n + 1] == 3).all() and (tok[:, n + 2 :] == 0).all()
     assert seen == set(range(n_sites))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 70), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_pack_sites_equals_packbits_along_sites(n_sites, n_hap, seed):
+    """The builder's packing (eight rows shifted and combined) is ``np.packbits(axis=0).T``, partial bytes too."""
+    from vcfstore.store.packed import pack_sites
+
+    alleles = (np.random.default_rng(seed).random((n_sites, n_hap)) < 0.3).astype(np.uint8)
+    got = pack_sites(alleles)
+    np.testing.assert_array_equal(got, np.packbits(alleles, axis=0).T)
+    assert got.flags.c_contiguous and got.dtype == np.uint8

@@ -11,6 +11,7 @@ file order; only a record repeating a site already kept is a duplicate.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,6 +90,9 @@ class RecordFilter:
 
     policy: InputPolicy
     counts: Counter[str] = field(default_factory=Counter)
+    # Whether blocks carry the input's own allele frequency (INFO/AF): a build that does not use
+    # it turns this off, and a source may then skip reading it.
+    info_af: bool = True
     _contig: str | None = None
     _last_pos: int = -1
     _site_pos: int = -1  # the position of the sites in _site_alleles
@@ -120,7 +124,8 @@ class RecordFilter:
         self.counts["unphased_homozygous_calls"] += unphased_hom
         fast = self._plain_block(contigs, positions, refs, alts, gt, missing | unphased_het, negative)
         if fast is not None:
-            return self._block(contigs, positions, ids, refs, alts, gt, info_af, fast)
+            one = np.ones(len(fast), dtype=np.int16)
+            return self._block(contigs, positions, ids, refs, alts, gt, info_af, fast, one)
         out_rows: list[tuple[int, int]] = []  # (record index, ALT number or _ANY_ALT)
         for i in range(n):
             self.counts["records"] += 1
@@ -157,7 +162,8 @@ class RecordFilter:
             self.counts["sites_sharing_a_position"] += len(keys) - (0 if self._site_alleles else 1)
             self._site_alleles.update(keys)
             out_rows.extend((i, k) for k in alt_numbers)
-        return self._block(contigs, positions, ids, refs, alts, gt, info_af, out_rows)
+        idx, alt_no = np.asarray(out_rows, dtype=np.int64).reshape(-1, 2).T
+        return self._block(contigs, positions, ids, refs, alts, gt, info_af, idx, alt_no.astype(np.int16))
 
     def _plain_block(
         self,
@@ -168,8 +174,8 @@ class RecordFilter:
         gt: np.ndarray,
         flagged: np.ndarray,
         negative: bool,
-    ) -> list[tuple[int, int]] | None:
-        """The common block, decided with whole-block checks instead of a loop over records.
+    ) -> np.ndarray | None:
+        """The common block's kept records (indices), decided with whole-block checks instead of a loop over records.
 
         Every record on the current contig, one ALT each, positions not decreasing, diploid, no
         missing or unphased heterozygous call, and no two kept sites alike at one position
@@ -180,22 +186,31 @@ class RecordFilter:
         offending record; both give the same sites, counts and state.
         """
         pos = np.asarray(positions, dtype=np.int64)
+        n = len(pos)
+        # Per-record checks run as C-level map/zip over the lists: no Python call per record.
         if (
-            len(pos) == 0
+            n == 0
             or gt.shape[2] != 2
             or flagged.any()
-            or contigs[0] != self._contig
-            or contigs.count(contigs[0]) != len(contigs)
-            or pos[0] < self._last_pos
-            or (len(pos) > 1 and (np.diff(pos) < 0).any())
-            or any(len(a) != 1 or a[0] in ("", ".") for a in alts)
-            or (negative and (gt == _VECTOR_END).any())
+            or contigs.count(contigs[0]) != n
+            or (n > 1 and (np.diff(pos) < 0).any())
+            or set(map(len, alts)) != {1}
         ):
             return None
+        first = list(map(_FIRST, alts))
+        if "." in first or "" in first or (negative and (gt == _VECTOR_END).any()):
+            return None
+        if contigs[0] != self._contig:  # the block starts a contig (the record-by-record path names a repeat)
+            if contigs[0] in self._done_contigs:
+                return None
+            self._start_contig(contigs[0])
+        elif pos[0] < self._last_pos:
+            return None
         if self.policy.non_snv == "keep":
-            kept = np.arange(len(pos))
+            kept = np.arange(n)
         else:
-            kept = np.flatnonzero([_is_snv(r, a[0]) for r, a in zip(refs, alts, strict=True)])
+            snv = map(_SNV_PAIRS.__contains__, zip(refs, first, strict=True))
+            kept = np.flatnonzero(np.fromiter(snv, dtype=bool, count=n))
         kept_pos = pos[kept]
         # Kept sites at the position of the kept site before them (the first one compared with
         # the sites the last block kept at its last position).
@@ -217,15 +232,18 @@ class RecordFilter:
         self.counts["sites_sharing_a_position"] += len(shared)
         if len(kept) < len(pos):
             self.counts["skipped_non_snv"] += len(pos) - len(kept)
-        return [(i, 1) for i in kept.tolist()]
+        return kept
+
+    def _start_contig(self, contig: str) -> None:
+        if self._contig is not None:
+            self._done_contigs.add(self._contig)
+        self._contig, self._last_pos, self._site_pos, self._site_alleles = contig, -1, -1, set()
 
     def _check_order(self, contig: str, pos: int, where: str) -> None:
         if contig != self._contig:
             if contig in self._done_contigs:
                 raise InputError(f"record {where}: contig {contig} appears again after other contigs (unsorted input)")
-            if self._contig is not None:
-                self._done_contigs.add(self._contig)
-            self._contig, self._last_pos, self._site_pos = contig, -1, -1
+            self._start_contig(contig)
         if pos < self._last_pos:
             raise InputError(f"record {where} comes after position {self._last_pos}: positions are not sorted")
         self._last_pos = pos
@@ -278,32 +296,41 @@ class RecordFilter:
             self.counts["split_multiallelic"] += 1
         return keep
 
-    def _block(self, contigs, positions, ids, refs, alts, gt, info_af, rows) -> SiteBlock:
-        n_hap = gt.shape[1] * 2
-        if not rows:
+    def _block(self, contigs, positions, ids, refs, alts, gt, info_af, idx, alt_no) -> SiteBlock:
+        """The sites (record ``idx[i]``, ALT number ``alt_no[i]`` or ``_ANY_ALT``) as a block."""
+        n_hap, n = gt.shape[1] * 2, len(idx)
+        if not n:
             return SiteBlock([], np.zeros(0, np.int64), [], [], [], np.zeros((0, n_hap), np.uint8), None)
-        idx = np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))
-        alt_no = np.fromiter((k for _, k in rows), dtype=np.int16, count=len(rows))[:, None]
-        every = len(rows) == len(gt) and (idx == np.arange(len(gt))).all()
+        every = n == len(gt) and bool((idx == np.arange(n)).all())
         calls = gt if every else gt[idx]
-        if (alt_no == 1).all():
+        biallelic = bool((alt_no == 1).all())
+        if biallelic:
             # Biallelic sites (the common case): one comparison, on the calls as they are (a strided
             # view of the decoder's rows), then a free reshape of its contiguous result to 0/1 bytes.
-            alleles = (calls == 1).reshape(len(rows), n_hap).view(np.uint8)
+            alleles = (calls == 1).reshape(n, n_hap).view(np.uint8)
         else:
-            calls = calls.reshape(len(rows), n_hap)
-            alleles = np.where(alt_no == _ANY_ALT, calls > 0, calls == alt_no).astype(np.uint8)
-        missing = (calls == _MISSING).reshape(len(rows), n_hap) if self.policy.missing == "mask" else None
+            calls = calls.reshape(n, n_hap)
+            k = alt_no[:, None]
+            alleles = np.where(k == _ANY_ALT, calls > 0, calls == k).astype(np.uint8)
+        missing = (calls == _MISSING).reshape(n, n_hap) if self.policy.missing == "mask" else None
+        rows, alt_numbers = idx.tolist(), alt_no.tolist()
         af = None
-        if info_af is not None:
-            af = np.array([_info_af_value(info_af[r], k) for r, k in rows], dtype=np.float32)
-        self.counts["sites"] += len(rows)
+        if info_af is not None and self.info_af:
+            af = np.array(
+                [_info_af_value(info_af[r], k) for r, k in zip(rows, alt_numbers, strict=True)], dtype=np.float32
+            )
+        self.counts["sites"] += n
+        pick = list if every else (lambda col: list(map(col.__getitem__, rows)))
+        if biallelic:
+            labels = list(map(_FIRST, pick(alts)))
+        else:
+            labels = [_alt_label(alts[r], k) for r, k in zip(rows, alt_numbers, strict=True)]
         return SiteBlock(
-            [contigs[r] for r, _ in rows],
+            pick(contigs),
             np.asarray(positions, dtype=np.int64)[idx],
-            [ids[r] for r, _ in rows],
-            [refs[r] for r, _ in rows],
-            [_alt_label(alts[r], k) for r, k in rows],
+            pick(ids),
+            pick(refs),
+            labels,
             alleles,
             af,
             missing,
@@ -311,7 +338,12 @@ class RecordFilter:
 
 
 def _is_snv(ref: str, alt: str) -> bool:
-    return len(ref) == 1 and len(alt) == 1 and alt.upper() in "ACGT" and ref.upper() in "ACGTN"
+    return (ref, alt) in _SNV_PAIRS
+
+
+# (REF, ALT) of a single-nucleotide variant, either case; ALT N is not a base.
+_SNV_PAIRS = frozenset((r, a) for r in "ACGTNacgtn" for a in "ACGTacgt")
+_FIRST = operator.itemgetter(0)
 
 
 def _alt_label(alts: Sequence[str], alt_number: int) -> str:

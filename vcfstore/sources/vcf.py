@@ -4,13 +4,22 @@ A BGZF file (``.vcf.gz``, ``.bgz``, compressed BCF) cut exactly at a block bound
 valid, shorter file, so its end-of-file marker is checked before anything is read. A plain
 gzip file cut anywhere fails in htslib's inflate (its stream lacks the end and the CRC trailer),
 which the reader reports as a truncated file.
+
+Reading overlaps the rest of the build: a reader thread iterates the records (htslib parses
+each line without the GIL, and decompresses BGZF in a thread of its own) and copies each
+record's raw GT codes into a block buffer, while the caller's thread decodes the previous block
+(whole-block NumPy operations) and filters and stores it. One block waits between them.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +30,14 @@ from vcfstore.sources.policy import InputPolicy, RecordFilter
 
 # The 28-byte empty block every BGZF writer (htslib, bgzip, pysam) ends a file with (SAM spec 4.1.2).
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+# htslib's raw GT codes: (allele + 1) << 1 | phased, 0 or 1 for a missing allele, and these two.
+_GT_VECTOR_END = -(2**31) + 1  # padding of a call with fewer alleles than the record's most
+_GT_FIELD_MISSING = -(2**31)  # the whole field missing
+_END = object()  # the reader's last item
+# Bytes of raw GT codes in one block at most (fewer records a block in a wide panel): the block's
+# temporaries then come from the allocator's heap again and again, instead of new pages each
+# time, whose first touch costs more than the decoding (about 1.4 ms a megabyte here).
+RAW_BUFFER_BYTES = 16 << 20
 
 
 class VcfSource:
@@ -67,11 +84,11 @@ class VcfSource:
             raise InputError(f"{self.path}: the file has no samples (no genotype columns)")
         self.filter = RecordFilter(self.policy)
 
-    def _open(self):
+    def _open(self, threads: int | None = None) -> Any:
         from cyvcf2 import VCF
 
         try:
-            return VCF(str(self.path), lazy=True)
+            return VCF(str(self.path), lazy=True, threads=threads)
         except Exception as e:  # noqa: BLE001 - cyvcf2 raises bare Exception for a bad header
             raise InputError(f"{self.path}: not a readable VCF/BCF file ({e})") from None
 
@@ -100,45 +117,123 @@ class VcfSource:
 
     def blocks(self, block_sites: int = 1024) -> Iterator[SiteBlock]:
         """Yield blocks of at most about ``block_sites`` records' sites, in file order."""
-        vcf = self._open()
-        records = vcf(self.region) if self.region else vcf
-        buf: list[tuple] = []
+        handoff: queue.Queue[Any] = queue.Queue()
+        # Two buffers of raw GT codes, made here and reused: the reader fills one while this thread
+        # decodes the other (allocating them in the reader would leave their pages cached in its own
+        # malloc arena). Pages are only touched as records are copied in.
+        buffers: queue.Queue[np.ndarray] = queue.Queue()
+        rows = max(1, min(block_sites, RAW_BUFFER_BYTES // (8 * len(self.samples))))
+        for _ in range(2):
+            buffers.put(np.empty((rows, len(self.samples), 2), dtype=np.int32))
+        stop = threading.Event()
+        reader = threading.Thread(
+            target=self._read, args=(handoff, buffers, stop), name="vcfstore-vcf-reader", daemon=True
+        )
+        reader.start()
         try:
-            for rec in records:
-                if self.min_pos is not None and rec.POS < self.min_pos:
-                    continue
-                genotype = rec.genotype  # a new object at every access: read it once
-                if genotype is None:
-                    raise InputError(f"record {rec.CHROM}:{rec.POS} has no GT field")
-                gt = genotype.array()
-                af = rec.INFO.get(self.af_field)
-                buf.append((rec.CHROM, rec.POS, rec.ID or ".", rec.REF, rec.ALT, gt, af))
-                if len(buf) >= block_sites:
-                    yield self._filter(buf)
-                    buf = []
-        except InputError:
-            raise
-        except Exception as e:  # noqa: BLE001 - htslib reports truncation and corruption as bare Exception
-            raise InputError(f"{self.path}: the file is truncated or corrupt ({e})") from None
-        finally:
-            vcf.close()
-        if buf:
-            yield self._filter(buf)
+            while (item := handoff.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                contigs, positions, ids, refs, alts, afs, raw, n = item
+                # decodes raw in place; the block holds none of it
+                block = self._filter(contigs, positions, ids, refs, alts, afs, raw[:n])
+                buffers.put(raw)
+                del item, raw
+                yield block
+                del block
+        finally:  # also when the caller stops early: release the reader, which closes the file
+            stop.set()
+            buffers.put(np.empty((0, 0, 2), dtype=np.int32))
+            reader.join()
         if self.filter.counts["records"] == 0:
             raise InputError(
                 f"{self.path}: the file has no variant records" + (f" in {self.region}" if self.region else "")
             )
 
-    def _filter(self, buf: list[tuple]) -> SiteBlock:
-        contigs, positions, ids, refs, alts, gts, afs = zip(*buf, strict=True)
-        ploidies = {g.shape[1] - 1 for g in gts}
-        if len(ploidies) > 1 or ploidies != {2}:
-            bad = next(i for i, g in enumerate(gts) if g.shape[1] != 3)
+    def _read(self, handoff: queue.Queue[Any], buffers: queue.Queue[np.ndarray], stop: threading.Event) -> None:
+        """The reader thread: fills buffers from ``buffers`` with raw GT codes and hands them over.
+
+        Each item on ``handoff`` is (contigs, positions, ids, refs, alts, INFO/AF values or None,
+        the buffer, its record count); then ``_END``, or the error that stopped the reader.
+        """
+        try:
+            vcf = self._open(threads=1)  # one more thread decompresses BGZF ahead of the parser
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            handoff.put(e)
+            return
+        af_field, min_pos = self.af_field, self.min_pos
+        read_af = self.filter.info_af
+        try:
+            records = iter(vcf(self.region) if self.region else vcf)
+            while not stop.is_set():
+                raw = buffers.get()  # the caller gives one back when it stops, too
+                if stop.is_set():
+                    break
+                fields: tuple[list[Any], ...] = ([], [], [], [], [], [])
+                chrom, pos_, id_, ref, alt, af = (f.append for f in fields)
+                n = 0
+                for rec in records:
+                    pos = rec.POS
+                    if min_pos is not None and pos < min_pos:
+                        continue
+                    gt = rec.format("GT", int)  # htslib's codes as they are: one copy, no per-call loop
+                    if gt is None:
+                        raise InputError(f"record {rec.CHROM}:{pos} has no GT field")
+                    if gt.shape != raw.shape[1:]:
+                        raise InputError(
+                            f"record {rec.CHROM}:{pos} is not diploid for every sample (mixed or other ploidy)"
+                        )
+                    raw[n] = gt
+                    chrom(rec.CHROM)
+                    pos_(pos)
+                    id_(rec.ID or ".")
+                    ref(rec.REF)
+                    alt(rec.ALT)
+                    if read_af:
+                        af(rec.INFO.get(af_field))
+                    n += 1
+                    if n == len(raw):
+                        break
+                if n:
+                    handoff.put((*fields[:5], fields[5] if read_af else None, raw, n))
+                if n < len(raw) or stop.is_set():
+                    break
+            handoff.put(_END)
+        except InputError as e:
+            handoff.put(e)
+        except Exception as e:  # noqa: BLE001 - htslib reports truncation and corruption as bare Exception
+            handoff.put(InputError(f"{self.path}: the file is truncated or corrupt ({e})"))
+        finally:
+            vcf.close()
+
+    def _filter(
+        self,
+        contigs: list[str],
+        positions: list[int],
+        ids: list[str],
+        refs: list[str],
+        alts: list[list[str]],
+        afs: list[Any] | None,
+        raw: np.ndarray,
+    ) -> SiteBlock:
+        """Decode a block's raw GT codes in place into allele codes (-1 missing, -2 padding) and filter it."""
+        if raw.shape[2] != 2:
             raise InputError(
-                f"record {contigs[bad]}:{positions[bad]} is not diploid for every sample (mixed or other ploidy)"
+                f"record {contigs[0]}:{positions[0]} is not diploid for every sample (mixed or other ploidy)"
             )
-        arr = np.stack(gts)
-        return self.filter(contigs, positions, ids, refs, alts, arr[:, :, :2], arr[:, :, 2].astype(bool), afs)
+        # The phase bit is bit 0 of the second allele's code: masked in its lowest byte (no int32 temporary).
+        low = raw.view(np.uint8)[:, :, 4 if sys.byteorder == "little" else 7]
+        phased = np.bitwise_and(low, 1).view(bool)
+        negative = raw.min() < 0
+        if negative:
+            field_missing = raw == _GT_FIELD_MISSING
+            vector_end = raw == _GT_VECTOR_END
+        gt = np.right_shift(raw, 1, out=raw)
+        gt -= 1
+        if negative:
+            gt[field_missing] = -1
+            gt[vector_end] = -2
+        return self.filter(contigs, positions, ids, refs, alts, gt, phased, afs)
 
 
 def check_bgzf_end(path: Path) -> None:

@@ -7,9 +7,9 @@ compresses and writes one commit while the next is read. Peak memory is bounded 
 commit and block sizes, not by the panel's length (:func:`build_memory_bound`): per haplotype,
 1.5 bytes per pending site (the pending sites as uint8, the packed shards being written and
 Zarr's copy of them, the next ones being packed) plus, per site of a source's block, 3 bytes from
-a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or arrays (int16
-genotypes with a phase column and the input filter's temporaries); plus 64 MB of codec, reader
-and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
+a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or arrays (a VCF's
+raw int32 GT codes in two buffers, one read while the other is decoded, or int16 genotypes with
+a phase column, and the input filter's temporaries); plus 64 MB of codec, reader and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
 sequence, that is 3.9 GB (the tree sequence itself comes on top).
 
 Resuming: after every commit the number of committed sites is written to the group's attributes
@@ -25,6 +25,7 @@ same command resumes once the cause is fixed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ from vcfstore.sources import ArraySource, SiteBlock, SiteSource
 from vcfstore.store.af_table import choose_af
 from vcfstore.store.annotations import SampleAnnotations, group_frequencies
 from vcfstore.store.format import ATTR_KEY, PROGRESS_KEY, SITE_COLUMNS, STORE_FORMAT_VERSION
+from vcfstore.store.packed import pack_sites
 from vcfstore.store.reader import PanelStore, plain_strings, read_store_attrs
 from vcfstore.store.vocab import Vocabulary
 from vcfstore.store.windows import check_window_size, check_windows, fixed_windows
@@ -210,6 +212,7 @@ def build_store(
         lock = WriterLock(out.parent / f".{out.name}.lock", f"building from {described['name']}", StoreError)
         with lock, zarr.config.set(_EVERY_CHUNK):
             writer = _Writer.open(out, source, described, params, force, annotations)
+            source.filter.info_af = af.label == "info"  # else the input's INFO/AF need not even be read
             try:
                 report = writer.run(source, block_sites, progress)
                 supplied_af = af.values
@@ -411,6 +414,7 @@ class _Writer:
 
     def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:
         """Stream the source into the store, skipping sites already committed."""
+        import zarr
         from tqdm.auto import tqdm
 
         skip = self.sites
@@ -427,7 +431,12 @@ class _Writer:
         seen = 0
         # Compressing and writing a shard (Zstd 15) overlaps reading the next one: the pending
         # sites are packed here (so their buffer refills at once) and written in the background.
+        # While the input is read, Zarr compresses one chunk at a time: its parallel compression
+        # would take the reader's core (measured: slower, and more CPU time in all); the last
+        # commits, after the input is read, compress in parallel.
         commits = _OneAhead(self._commit)
+        reading = contextlib.ExitStack()
+        reading.enter_context(zarr.config.set({"async.concurrency": 1}))
         try:
             for block in source.blocks(block_sites):
                 bar.update(source.filter.counts["records"] - seen)
@@ -441,10 +450,12 @@ class _Writer:
                         commits.submit(self._prepare(pending.block()), dict(source.filter.counts))
                         pending.clear()
                 del block  # before the source decodes the next one: one block in memory, not two
+            reading.close()
             bar.close()
             if len(pending):
                 commits.submit(self._prepare(pending.block()), dict(source.filter.counts))
         finally:
+            reading.close()
             commits.close()
         if self.sites == 0:
             raise InputError(f"{self.meta['input']['name']}: no site passed the input policy; nothing to store")
@@ -452,8 +463,9 @@ class _Writer:
 
     def _prepare(self, block: SiteBlock) -> _Column:
         """What one commit writes, computed from the pending sites, which may be overwritten afterwards."""
-        packed = np.packbits(block.alleles, axis=0).T  # [haplotypes, sites / 8]: the transpose of 1/8 the bytes
-        af = block.alleles.mean(axis=1, dtype=np.float64).astype(np.float32)
+        packed = pack_sites(block.alleles)  # [haplotypes, sites / 8]
+        # exact integer counts divided once: the same values as a float64 mean, at half the cost
+        af = (block.alleles.sum(axis=1, dtype=np.uint32) / block.alleles.shape[1]).astype(np.float32)
         if self.meta["params"]["af_from"] == "info":
             if block.info_af is None or np.isnan(block.info_af).any():
                 i = 0 if block.info_af is None else int(np.flatnonzero(np.isnan(block.info_af))[0])
@@ -469,9 +481,10 @@ class _Writer:
         columns = {
             "position": block.positions,
             "af": af,
-            "id": np.asarray(block.ids, dtype=str),
-            "ref": np.asarray(block.refs, dtype=str),
-            "alt": np.asarray(block.alts, dtype=str),
+            # object arrays: Zarr encodes the strings as they are (no fixed-width copy first)
+            "id": np.array(block.ids, dtype=object),
+            "ref": np.array(block.refs, dtype=object),
+            "alt": np.array(block.alts, dtype=object),
         }
         freq = None if self.annotations is None else group_frequencies(block.alleles, self.annotations)
         return _Column(list(block.contigs), packed, columns, freq)
