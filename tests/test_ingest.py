@@ -240,6 +240,8 @@ def test_whole_block_path_equals_record_by_record_path(monkeypatch):
             duplicates="skip",
         )
         contigs, pos, ids, refs, alts, gt, phased, af = _random_records(rng, 400, 3)
+        if trial % 3 == 0:  # contigs that start at a block's first record (the fast path) and mid-block
+            contigs = ["1"] * 150 + ["2"] * 130 + ["3"] * 120
         if trial % 2:  # biallelic SNVs, distinct at shared positions (rarely not): the fast path's blocks
             rank = [0] * len(pos)
             for i in range(1, len(pos)):
@@ -276,3 +278,44 @@ def test_whole_block_path_equals_record_by_record_path(monkeypatch):
             np.testing.assert_array_equal(a.alleles, b.alleles)
             np.testing.assert_array_equal(a.info_af, b.info_af)
     assert len(decided) > 50 and sum(decided) > 20  # the fast path ran, on shared positions too
+
+
+def test_raw_genotype_codes_decode_as_cyvcf2_arrays(tmp_path, monkeypatch):
+    """The reader copies htslib's raw GT codes and decodes them a block at a time: the same allele codes
+    and phase flags as cyvcf2's own per-record arrays (missing and phased-missing alleles, unphased
+    calls, allele indices past 1), in buffers of 3 records, with an early stop that ends the reader."""
+    import threading
+
+    from cyvcf2 import VCF
+
+    from vcfstore.sources import vcf as vcf_module
+    from vcfstore.sources.policy import RecordFilter
+
+    rng = np.random.default_rng(5)
+    calls = ["0|0", "0|1", "1|0", "1|1", "0/1", "1/0", ".|.", "./.", ".|1", "0|.", "2|1", "1/2", "3|0"]
+    records = [
+        (str(1 + i // 9), 10 + i, f"r{i}", "A", "G,T,C", [str(rng.choice(calls)) for _ in range(4)])
+        for i in range(20)
+    ]
+    path = write_vcf(tmp_path / "calls.vcf.gz", records, samples=("a", "b", "c", "d"))
+    monkeypatch.setattr(vcf_module, "RAW_BUFFER_BYTES", 3 * 4 * 8)  # 3 records of 4 samples a buffer
+    seen = []
+    filter_call = RecordFilter.__call__
+
+    def capture(self, contigs, positions, ids, refs, alts, gt, phased, info_af):
+        seen.append((list(positions), gt.copy(), phased.copy()))
+        return filter_call(self, contigs, positions, ids, refs, alts, gt, phased, info_af)
+
+    monkeypatch.setattr(RecordFilter, "__call__", capture)
+    policy = vs.InputPolicy(missing="mask", unphased="keep")
+    blocks = list(vs.VcfSource(path, policy=policy).blocks(block_sites=1024))
+    assert [len(p) for p, _, _ in seen] == [3] * 6 + [2] and sum(len(b) for b in blocks) > 20
+    want = np.stack([rec.genotype.array() for rec in VCF(str(path))])
+    np.testing.assert_array_equal(np.concatenate([g for _, g, _ in seen]), want[:, :, :2])
+    np.testing.assert_array_equal(np.concatenate([p for _, _, p in seen]), want[:, :, 2] == 1)
+
+    source = vs.VcfSource(path, policy=policy)
+    reader = source.blocks()
+    next(reader)
+    reader.close()  # the caller stops early: the reader thread ends and closes the file
+    assert not any(t.name == "vcfstore-vcf-reader" for t in threading.enumerate())
