@@ -9,8 +9,9 @@ commit and block sizes, not by the panel's length (:func:`build_memory_bound`): 
 Zarr's copy of them, the next ones being packed) plus, per site of a source's block, 3 bytes from
 a tree sequence (tskit decodes straight to uint8) or 16 from VCF, VCF Zarr or arrays (a VCF's
 raw int32 GT codes in two buffers, one read while the other is decoded, or int16 genotypes with
-a phase column, and the input filter's temporaries); plus 64 MB of codec, reader and tree buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree
-sequence, that is 3.9 GB (the tree sequence itself comes on top).
+a phase column, and the input filter's temporaries); plus 64 MB of codec, reader and tree
+buffers. At 1,000,000 haplotypes, 2048-site shards and 256-site blocks from a tree sequence,
+that is 3.9 GB (the tree sequence itself comes on top).
 
 Resuming: after every commit the number of committed sites is written to the group's attributes
 (zarr writes attribute files atomically). A build that is killed and run again with the same
