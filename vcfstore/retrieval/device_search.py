@@ -80,7 +80,7 @@ def device_counts(
     """``lhs @ alleles.T`` as int32 [len(lhs), n_ref] on ``device``, for 0/1 ``lhs`` [m, n_sites] and 0/1 alleles."""
     n_ref, int8 = len(alleles), _int8_product(device)
     packed = isinstance(alleles, PackedAlleles)
-    if packed:
+    if isinstance(alleles, PackedAlleles):
         bits = resident.get(alleles.bits, device)
         width = bits.shape[1] * 8  # unpacked to whole bytes: bits past the last site are 0
     else:
@@ -132,7 +132,10 @@ def pair_sums(
     lhs = torch.as_tensor(split, device=device)
     r, c = torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
     packed = isinstance(alleles, PackedAlleles)
-    src = resident.get(alleles.bits, device) if packed else torch.as_tensor(alleles, device=device)
+    if isinstance(alleles, PackedAlleles):
+        src = resident.get(alleles.bits, device)
+    else:
+        src = torch.as_tensor(alleles, device=device)
     out = torch.empty((len(rows), 2), dtype=torch.float64, device=device)
     for s in range(0, len(rows), PAIR_CHUNK):
         refs = src[c[s : s + PAIR_CHUNK]]
