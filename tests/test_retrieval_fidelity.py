@@ -201,6 +201,31 @@ def test_popcount_threads_and_words(monkeypatch):
         popcount.popcount_and(popcount.pack_words(full), popcount.pack_words(a))
 
 
+def test_popcount_compiles_without_a_writable_cache(monkeypatch):
+    """A read-only install (Numba cannot write its cache) compiles the kernel in the process instead."""
+    import numba
+
+    from vcfstore.retrieval import popcount
+
+    njit, asked = numba.njit, []
+
+    def no_cache(*args, **kwargs):
+        asked.append(kwargs.get("cache", False))
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function 'and_counts': no locator available")
+        return njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", no_cache)
+    popcount._kernel.cache_clear()
+    try:
+        q, a = np.eye(3, 70, dtype=bool), np.ones((5, 70), dtype=bool)
+        got = popcount.popcount_and(popcount.pack_words(q), popcount.pack_words(a))
+        np.testing.assert_array_equal(got, np.ones((3, 5)))
+        assert asked == [True, False]
+    finally:
+        popcount._kernel.cache_clear()  # the next user compiles (or loads) the usual kernel
+
+
 def _count(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
     from vcfstore.retrieval import popcount
 
