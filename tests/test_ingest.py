@@ -294,8 +294,7 @@ def test_raw_genotype_codes_decode_as_cyvcf2_arrays(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
     calls = ["0|0", "0|1", "1|0", "1|1", "0/1", "1/0", ".|.", "./.", ".|1", "0|.", "2|1", "1/2", "3|0"]
     records = [
-        (str(1 + i // 9), 10 + i, f"r{i}", "A", "G,T,C", [str(rng.choice(calls)) for _ in range(4)])
-        for i in range(20)
+        (str(1 + i // 9), 10 + i, f"r{i}", "A", "G,T,C", [str(rng.choice(calls)) for _ in range(4)]) for i in range(20)
     ]
     path = write_vcf(tmp_path / "calls.vcf.gz", records, samples=("a", "b", "c", "d"))
     monkeypatch.setattr(vcf_module, "RAW_BUFFER_BYTES", 3 * 4 * 8)  # 3 records of 4 samples a buffer

@@ -453,15 +453,15 @@ def test_the_window_stays_on_cuda_between_searches():
     searcher = ExactSearcher(layer, {"pos": True}, device="cuda")
     args = dict(max_seq_len=n_sites + 2, vocab=vocab, ref_af=af)
     first = searcher.search(PackedAlleles(bits, n_sites), queries, 8, **args)
-    held = searcher.resident._dev
+    held = searcher.resident._held[1]
     assert held is not None and searcher.resident.nbytes == bits.nbytes
     again = searcher.search(PackedAlleles(bits, n_sites), queries, 8, **args)
-    assert searcher.resident._dev is held
+    assert searcher.resident._held[1] is held
     np.testing.assert_array_equal(first[1], again[1])
     other = bits.copy()
     other.flags.writeable = False
     searcher.search(PackedAlleles(other, n_sites), queries, 8, **args)
-    assert searcher.resident._dev is not held and torch.equal(searcher.resident._dev, held)
+    assert searcher.resident._held[1] is not held and torch.equal(searcher.resident._held[1], held)
 
 
 def test_gpu_check_script_parses_and_installs_nothing():
@@ -573,6 +573,36 @@ def test_resident_bits_are_reused_only_for_the_very_same_read_only_array(monkeyp
     other = np.full((3, 4), 7, np.uint8)
     other.flags.writeable = False
     assert held.get(other, where) is not again and int(held.get(other, where)[0, 0]) == 7
+
+
+DEVICE_SELECTION = """
+import sys, numpy as np, torch
+from vcfstore.memory.meters import StatmMeter
+from vcfstore.retrieval import device_search
+torch.set_num_threads(1)
+n_q, n_ref = 4, 1_000_000
+s0, s1 = torch.zeros((n_q, n_ref), dtype=torch.int32), torch.zeros((n_q, n_ref), dtype=torch.int32)
+ranges, margin = tuple(np.full(n_q, v) for v in (-1.0, 1.0, -1.0, 1.0)), np.full(n_q, 1e-9)
+print(StatmMeter().read().anon, flush=True)
+rows, _ = device_search.candidates(s0, s1, ranges, margin, 8, lambda m_k, top: sys.argv[1] == "proved")
+print(len(rows))
+"""
+
+
+@pytest.mark.parametrize("proved", ["proved", "bounds"])
+def test_device_selection_stays_within_its_working_bytes(proved):
+    """Every pair tied (all counts 0): every pair survives, by the count order or by the bounds of
+    every reference. The selection's peak, sampled from outside, stays within what the Retriever
+    reserves on the device for it (:func:`device_search.working_bytes` less the counts)."""
+    from vcfstore.retrieval import device_search
+    from vcfstore.testing import run_measured
+
+    run = run_measured([sys.executable, "-c", DEVICE_SELECTION, proved], interval=0.002)
+    assert run.returncode == 0, run.stderr
+    base, survivors = (int(x) for x in run.stdout.split())
+    assert survivors == 4_000_000
+    allowed = device_search.working_bytes(4, 1_000_000, 8) - 8 * 4_000_000  # the counts came before
+    assert run.peak_anon - base < allowed, (run.peak_anon - base) / 4e6
 
 
 @pytest.mark.parametrize("proved", [True, False])

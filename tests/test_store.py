@@ -214,3 +214,21 @@ def test_pack_sites_equals_packbits_along_sites(n_sites, n_hap, seed):
     got = pack_sites(alleles)
     np.testing.assert_array_equal(got, np.packbits(alleles, axis=0).T)
     assert got.flags.c_contiguous and got.dtype == np.uint8
+
+
+def test_zarr_settings_of_overlapping_builds_are_restored_by_the_last():
+    """Builds in threads of one process share Zarr's process-wide configuration: a setting stays while
+    any of them holds it and the last one out restores it, whatever the order they finish in."""
+    import zarr
+
+    from vcfstore.store.builder import _SERIAL_COMPRESSION
+
+    before = zarr.config.get("async.concurrency")
+    first, second = _SERIAL_COMPRESSION.held(), _SERIAL_COMPRESSION.held()
+    first.__enter__()
+    second.__enter__()
+    assert zarr.config.get("async.concurrency") == 1
+    first.__exit__(None, None, None)  # the first build finishes while the second still reads
+    assert zarr.config.get("async.concurrency") == 1
+    second.__exit__(None, None, None)
+    assert zarr.config.get("async.concurrency") == before != 1

@@ -39,34 +39,35 @@ class ResidentBits:
     """
 
     def __init__(self) -> None:
-        self._host: weakref.ref[np.ndarray] | None = None
-        self._dev: torch.Tensor | None = None
-        self._where: torch.device | None = None
+        # (host array's weak reference, device copy, device): replaced whole and read once, so a
+        # thread never pairs one window's array with another's copy
+        self._held: tuple[weakref.ref[np.ndarray], torch.Tensor, torch.device] | None = None
 
     def get(self, bits: np.ndarray, device: torch.device) -> torch.Tensor:
         """``bits`` as a uint8 tensor on ``device``: the held copy when it is of this very array."""
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" name one device
             device = torch.device("cuda", torch.cuda.current_device())
-        dev = self._dev
-        if dev is not None and self._host is not None and self._host() is bits and self._where == device:
-            return dev
-        self.clear()
+        held = self._held
+        if held is not None and held[0]() is bits and held[2] == device:
+            return held[1]
+        self._held = None  # the old copy goes before the new one is made
         with warnings.catch_warnings():  # torch warns of a read-only array even when it copies it to the device
             warnings.simplefilter("ignore", UserWarning)
             out = torch.as_tensor(bits, device=device)
         if not bits.flags.writeable and out.data_ptr() != bits.ctypes.data:  # a device copy of a frozen array
-            self._host, self._dev, self._where = weakref.ref(bits), out, device
+            self._held = (weakref.ref(bits), out, device)
         return out
 
     def clear(self) -> None:
         """Drop the held copy (its device memory is freed with the last reference)."""
-        self._host, self._dev, self._where = None, None, None
+        self._held = None
 
     @property
     def nbytes(self) -> int:
         """Device bytes held between searches."""
-        return 0 if self._dev is None else self._dev.numel()
+        held = self._held
+        return 0 if held is None else held[1].numel()
 
 
 def _int8_product(device: torch.device) -> bool:
@@ -175,29 +176,37 @@ def candidates(
     """
     dev = s0.device
     w0_lo, w0_hi, w1_lo, w1_hi = (torch.as_tensor(x, device=dev)[:, None] for x in ranges)
+    # Temporaries are dropped as soon as they are used: with many ties every pair can survive
+    # (working_bytes counts the worst case).
     m = s0 - s1
     m_k = torch.topk(m, k, dim=1, largest=False).values.max(1).values
     rows, cols = torch.nonzero(m <= m_k[:, None], as_tuple=True)
-    upper = s0[rows, cols] * w0_hi[rows, 0] + s1[rows, cols] * w1_hi[rows, 0]
-    top = torch.full((len(m),), -torch.inf, dtype=upper.dtype, device=dev).scatter_reduce(0, rows, upper, "amax")
+    del m
+    upper = s0[rows, cols] * w0_hi[rows, 0]
+    upper.addcmul_(s1[rows, cols], w1_hi[rows, 0])
+    top = torch.full((len(s0),), -torch.inf, dtype=upper.dtype, device=dev).scatter_reduce(0, rows, upper, "amax")
+    del upper
     m_k_top = torch.stack([m_k.to(top.dtype), top]).cpu().numpy()  # one copy back (each waits for the device)
     if not proved(m_k_top[0].astype(np.int64), m_k_top[1]):
-        upper_all = s0 * w0_hi + s1 * w1_hi
-        kth = torch.topk(upper_all, k, dim=1, largest=False).values.max(1, keepdim=True).values
-        del upper_all
-        lower = s0 * w0_lo + s1 * w1_lo
-        rows, cols = torch.nonzero(lower <= kth + torch.as_tensor(margin, device=dev)[:, None], as_tuple=True)
-    pairs = torch.stack([rows, cols]).cpu().numpy()
-    return pairs[0], pairs[1]
+        del rows, cols
+        bound = s0 * w0_hi
+        kth = torch.topk(bound.addcmul_(s1, w1_hi), k, dim=1, largest=False).values.max(1, keepdim=True).values
+        torch.mul(s0, w0_lo, out=bound)
+        keep = bound.addcmul_(s1, w1_lo) <= kth + torch.as_tensor(margin, device=dev)[:, None]
+        del bound
+        rows, cols = torch.nonzero(keep, as_tuple=True)
+    return rows.cpu().numpy(), cols.cpu().numpy()
 
 
 def working_bytes(n_queries: int, n_ref: int, n_sites: int) -> int:
     """An upper bound of the device memory one search takes beyond the resident packed bits.
 
-    The int32 counts (two rows a query) and the selection's int32 and float64 pair arrays and
-    masks; one chunk unpacked (uint8 and int8 copies); one chunk of candidate pairs summed.
+    Per (query, reference) pair: the int32 counts (8 bytes), then at most 56 more while the
+    candidates are selected, when every pair survives (int64 rows and columns of the pairs, a
+    float64 bound and its gathered factors, or the int32 differences and a mask: about 50
+    measured); one chunk unpacked (uint8 and int8 copies); one chunk of candidate pairs summed.
     """
-    pairs = n_queries * n_ref * (2 * 4 + 4 + 8 + 8 + 1 + 8)
+    pairs = n_queries * n_ref * (8 + 56)
     chunk = min(n_ref, DEVICE_CHUNK) * -(-n_sites // 8) * 8 * 3
     sums = PAIR_CHUNK * -(-n_sites // 8) * 8 * (1 + 8 + 2 * 8)
     return pairs + chunk + sums

@@ -173,6 +173,8 @@ class VcfSource:
                 chrom, pos_, id_, ref, alt, af = (f.append for f in fields)
                 n = 0
                 for rec in records:
+                    if stop.is_set():  # the caller has stopped: no need to parse the rest of a block
+                        break
                     pos = rec.POS
                     if min_pos is not None and pos < min_pos:
                         continue
@@ -217,10 +219,6 @@ class VcfSource:
         raw: np.ndarray,
     ) -> SiteBlock:
         """Decode a block's raw GT codes in place into allele codes (-1 missing, -2 padding) and filter it."""
-        if raw.shape[2] != 2:
-            raise InputError(
-                f"record {contigs[0]}:{positions[0]} is not diploid for every sample (mixed or other ploidy)"
-            )
         # The phase bit is bit 0 of the second allele's code: masked in its lowest byte (no int32 temporary).
         low = raw.view(np.uint8)[:, :, 4 if sys.byteorder == "little" else 7]
         phased = np.bitwise_and(low, 1).view(bool)

@@ -31,10 +31,11 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,45 @@ _PER_BLOCK_SITE = {"tree-sequence": 3, "vcf": 16}  # bytes per haplotype and sit
 # makes a few large writes instead of many small ones (each write of the seven arrays and the
 # progress record costs about 30 ms of Zarr's Python, which holds the GIL the decoder needs).
 COMMIT_BYTES = 8 << 20
+
+
+class _ZarrSetting:
+    """Zarr configuration values held while any user in this process needs them.
+
+    Zarr's configuration is process-wide: builds running in threads of one process share it, and
+    the last one to finish restores it (nested ``zarr.config.set`` contexts left in another order
+    would leave it changed). Other Zarr work in the process sees the values meanwhile.
+    """
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+        self._lock = threading.Lock()
+        self._users = 0
+        self._context: contextlib.AbstractContextManager[Any] | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        import zarr
+
+        with self._lock:
+            if self._users == 0:
+                self._context = zarr.config.set(self._values)
+                self._context.__enter__()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._context is not None:
+                    self._context.__exit__(None, None, None)
+                    self._context = None
+
+
 # Every chunk is written, empty ones too, so a chunk missing from disk is always damage (never "all REF").
-_EVERY_CHUNK = {"array.write_empty_chunks": True}
+_EVERY_CHUNK = _ZarrSetting({"array.write_empty_chunks": True})
+# One compression at a time while a build reads its input (see _Writer.run).
+_SERIAL_COMPRESSION = _ZarrSetting({"async.concurrency": 1})
 
 
 def build_store(
@@ -199,8 +237,6 @@ def build_store(
     }
     if annotations is not None:  # only then, so stores built without keep their identity
         params["annotations_sha256"] = annotations.digest()
-    import zarr  # here, so that `import vcfstore` works without it (see vcfstore.store.reader)
-
     from vcfstore.store.remote import RemoteBuild, is_url
 
     remote = RemoteBuild(os.fspath(out), storage_options, staging, force=force) if is_url(out) else None
@@ -211,7 +247,7 @@ def build_store(
         out.parent.mkdir(parents=True, exist_ok=True)
         # One writer at a time: a lock file beside the store (zarr's mode="w" clears the directory).
         lock = WriterLock(out.parent / f".{out.name}.lock", f"building from {described['name']}", StoreError)
-        with lock, zarr.config.set(_EVERY_CHUNK):
+        with lock, _EVERY_CHUNK.held():
             writer = _Writer.open(out, source, described, params, force, annotations)
             source.filter.info_af = af.label == "info"  # else the input's INFO/AF need not even be read
             try:
@@ -415,7 +451,6 @@ class _Writer:
 
     def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:
         """Stream the source into the store, skipping sites already committed."""
-        import zarr
         from tqdm.auto import tqdm
 
         skip = self.sites
@@ -437,7 +472,7 @@ class _Writer:
         # commits, after the input is read, compress in parallel.
         commits = _OneAhead(self._commit)
         reading = contextlib.ExitStack()
-        reading.enter_context(zarr.config.set({"async.concurrency": 1}))
+        reading.enter_context(_SERIAL_COMPRESSION.held())
         try:
             for block in source.blocks(block_sites):
                 bar.update(source.filter.counts["records"] - seen)

@@ -39,7 +39,7 @@ class PackedAlleles:
 
 
 def pack_sites(alleles: np.ndarray) -> np.ndarray:
-    """0/1 alleles [n_sites, n_haplotypes] packed along sites per haplotype: uint8 [n_haplotypes, ceil(n_sites / 8)].
+    """Alleles [n_sites, n_haplotypes] (uint8 0/1) packed along sites: uint8 [n_haplotypes, ceil(n_sites / 8)].
 
     ``np.packbits(alleles, axis=0).T``, five times faster: packing along the first axis walks
     the array across rows, so here eight whole rows at a time are shifted and combined instead.
