@@ -148,6 +148,9 @@ def test_unphased_policies(tmp_path):
             "contig 1 appears again",
         ),
         ([], "has no variant records"),
+        # a call naming an allele the record does not list: refused, never read as REF
+        ([("1", 10, ".", "A", "G", GT2), ("1", 20, "rs2", "A", "G", ["2|0", "1|0"])], r"1:20 \(rs2\) .*allele 2 but"),
+        ([("1", 10, ".", "A", "G,T", ["0|3", "1|2"])], "allele 3 but lists 2 ALT"),
     ],
 )
 def test_bad_records(tmp_path, records, match):

@@ -113,9 +113,12 @@ class RecordFilter:
         n = len(positions)
         if gt.ndim != 3 or gt.shape[0] != n:
             raise InputError(f"genotype block has shape {gt.shape}; expected ({n}, n_samples, 2)")
-        # One pass each says whether any call is missing (or padded) or unphased: usually none is,
-        # and the per-record flags are not needed.
-        negative, unphased = bool((gt < 0).any()), not phased.all()
+        # One pass each says whether any call is missing (or padded), names an allele past the
+        # first ALT, or is unphased: usually none does, and the per-record flags are not needed.
+        lowest, highest = (int(gt.min()), int(gt.max())) if gt.size else (0, 0)
+        if highest > 1:
+            self._check_allele_numbers(contigs, positions, ids, alts, gt)
+        negative, unphased = lowest < 0, not phased.all()
         missing = (gt == _MISSING).any(axis=(1, 2)) if negative else np.zeros(n, dtype=bool)
         unphased_het, unphased_hom = np.zeros(n, dtype=bool), 0
         if unphased:
@@ -130,7 +133,7 @@ class RecordFilter:
         for i in range(n):
             self.counts["records"] += 1
             pos = int(positions[i])
-            where = f"{contigs[i]}:{pos}" + (f" ({ids[i]})" if ids[i] not in ("", ".") else "")
+            where = _where(contigs, positions, ids, i)
             self._check_order(contigs[i], pos, where)
             if gt.shape[2] != 2 or (gt[i] == _VECTOR_END).any():
                 raise InputError(f"record {where} is not diploid for every sample (mixed or other ploidy)")
@@ -164,6 +167,30 @@ class RecordFilter:
             out_rows.extend((i, k) for k in alt_numbers)
         idx, alt_no = np.asarray(out_rows, dtype=np.int64).reshape(-1, 2).T
         return self._block(contigs, positions, ids, refs, alts, gt, info_af, idx, alt_no.astype(np.int16))
+
+    @staticmethod
+    def _check_allele_numbers(
+        contigs: Sequence[str],
+        positions: Sequence[int],
+        ids: Sequence[str],
+        alts: Sequence[Sequence[str]],
+        gt: np.ndarray,
+    ) -> None:
+        """Refuse a call naming an allele the record does not list (damage, not REF or another ALT).
+
+        Records without an ALT allele are left to the filter, which skips them (none of their calls
+        is stored).
+        """
+        most = gt.reshape(len(gt), -1).max(axis=1)
+        # counted as the filter counts them: padding ("" in VCF Zarr) and "." are no allele
+        n_alts = np.array([sum(a not in ("", ".") for a in alt) for alt in alts], dtype=np.int64)
+        bad = np.flatnonzero((most > n_alts) & (n_alts > 0))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"record {_where(contigs, positions, ids, i)} has a call with allele {int(most[i])} but lists "
+                f"{int(n_alts[i])} ALT allele(s): its genotypes are malformed"
+            )
 
     def _plain_block(
         self,
@@ -335,6 +362,11 @@ class RecordFilter:
             af,
             missing,
         )
+
+
+def _where(contigs: Sequence[str], positions: Sequence[int], ids: Sequence[str], i: int) -> str:
+    """Record ``i`` as error messages name it: ``contig:position``, and its ID when it has one."""
+    return f"{contigs[i]}:{int(positions[i])}" + (f" ({ids[i]})" if ids[i] not in ("", ".") else "")
 
 
 def _is_snv(ref: str, alt: str) -> bool:
