@@ -28,4 +28,4 @@ if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "zarr>=3.2
 fi
 "$venv/bin/python" -c 'import sys, zarr; print(f"zarr-latest: Python {sys.version.split()[0]}, zarr {zarr.__version__}")'
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_store.py tests/test_ingest.py tests/test_fork.py \
-    tests/test_build_process.py tests/test_integrity.py tests/test_panels.py tests/test_align.py
+    tests/test_build_process.py tests/test_integrity.py tests/test_panels.py tests/test_align.py tests/test_vcf_text.py

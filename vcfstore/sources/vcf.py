@@ -5,14 +5,19 @@ valid, shorter file, so its end-of-file marker is checked before anything is rea
 gzip file cut anywhere fails in htslib's inflate (its stream lacks the end and the CRC trailer),
 which the reader reports as a truncated file.
 
-Reading overlaps the rest of the build: a reader thread iterates the records (htslib parses
-each line without the GIL, and decompresses BGZF in a thread of its own) and copies each
-record's raw GT codes into a block buffer, while the caller's thread decodes the previous block
-(whole-block NumPy operations) and filters and stores it. One block waits between them.
+Reading overlaps the rest of the build: a reader thread fills a block buffer while the caller's
+thread filters and stores the previous block; one block waits between them. A whole-file read
+that does not need INFO/AF (every build but ``--af-from info``) goes through the text parser of
+:mod:`vcfstore.sources.vcf_text`, which reads the common records of a text VCF (FORMAT ``GT``,
+diploid, one-digit alleles) a block at a time with NumPy and leaves the first other record, and
+all after it, to cyvcf2. With cyvcf2 the reader thread iterates the records (htslib parses each
+line without the GIL, and decompresses BGZF in a thread of its own) and copies each record's raw
+GT codes into the buffer, and the caller's thread decodes them (whole-block NumPy operations).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import sys
@@ -27,6 +32,7 @@ from vcfstore._fileio import file_sha256
 from vcfstore.errors import InputError
 from vcfstore.sources.base import SiteBlock
 from vcfstore.sources.policy import InputPolicy, RecordFilter
+from vcfstore.sources.vcf_text import TextRecords, call_views
 
 # The 28-byte empty block every BGZF writer (htslib, bgzip, pysam) ends a file with (SAM spec 4.1.2).
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
@@ -134,9 +140,13 @@ class VcfSource:
             while (item := handoff.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
-                contigs, positions, ids, refs, alts, afs, raw, n = item
-                # decodes raw in place; the block holds none of it
-                block = self._filter(contigs, positions, ids, refs, alts, afs, raw[:n])
+                contigs, positions, ids, refs, alts, afs, raw, n, decoded = item
+                if decoded:  # the text parser's calls, in the buffer's bytes
+                    gt, phased = call_views(raw, n)
+                    block = self.filter(contigs, positions, ids, refs, alts, gt, phased, afs)
+                    del gt, phased
+                else:  # decodes raw in place; the block holds none of it
+                    block = self._filter(contigs, positions, ids, refs, alts, afs, raw[:n])
                 buffers.put(raw)
                 del item, raw
                 yield block
@@ -154,17 +164,47 @@ class VcfSource:
         """The reader thread: fills buffers from ``buffers`` with raw GT codes and hands them over.
 
         Each item on ``handoff`` is (contigs, positions, ids, refs, alts, INFO/AF values or None,
-        the buffer, its record count); then ``_END``, or the error that stopped the reader.
+        the buffer, its record count); then ``_END``, or the error that stopped the reader. A
+        whole-file read without INFO/AF goes through the fast text parser
+        (:mod:`vcfstore.sources.vcf_text`) as far as it can, and cyvcf2 reads the rest.
         """
         try:
-            vcf = self._open(threads=1)  # one more thread decompresses BGZF ahead of the parser
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            done = 0
+            if self.region is None and self.min_pos is None and not self.filter.info_af:
+                text = TextRecords(self.path, self.samples)
+                while text.supported:
+                    raw = buffers.get()  # the caller gives one back when it stops, too
+                    if stop.is_set():
+                        break
+                    *fields, n = text.fill(raw)
+                    if n:
+                        handoff.put((*fields, None, raw, n, True))
+                    else:
+                        buffers.put(raw)
+                    if n < len(raw):  # the end of the input, or a record left to cyvcf2
+                        break
+                done = text.records
+                if text.supported or stop.is_set():
+                    handoff.put(_END)
+                    return
+            self._read_records(handoff, buffers, stop, done)
+            handoff.put(_END)
+        except InputError as e:
             handoff.put(e)
-            return
+        except Exception as e:  # noqa: BLE001 - htslib reports truncation and corruption as bare Exception
+            handoff.put(InputError(f"{self.path}: the file is truncated or corrupt ({e})"))
+
+    def _read_records(
+        self, handoff: queue.Queue[Any], buffers: queue.Queue[np.ndarray], stop: threading.Event, skip: int
+    ) -> None:
+        """Read with cyvcf2, after the first ``skip`` records (those the text parser read)."""
+        vcf = self._open(threads=1)  # one more thread decompresses BGZF ahead of the parser
         af_field, min_pos = self.af_field, self.min_pos
         read_af = self.filter.info_af
         try:
             records = iter(vcf(self.region) if self.region else vcf)
+            for _ in itertools.islice(records, skip):
+                pass
             while not stop.is_set():
                 raw = buffers.get()  # the caller gives one back when it stops, too
                 if stop.is_set():
@@ -197,14 +237,9 @@ class VcfSource:
                     if n == len(raw):
                         break
                 if n:
-                    handoff.put((*fields[:5], fields[5] if read_af else None, raw, n))
+                    handoff.put((*fields[:5], fields[5] if read_af else None, raw, n, False))
                 if n < len(raw) or stop.is_set():
                     break
-            handoff.put(_END)
-        except InputError as e:
-            handoff.put(e)
-        except Exception as e:  # noqa: BLE001 - htslib reports truncation and corruption as bare Exception
-            handoff.put(InputError(f"{self.path}: the file is truncated or corrupt ({e})"))
         finally:
             vcf.close()
 
