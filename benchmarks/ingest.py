@@ -5,7 +5,8 @@ VCF file in its own process, one after the other on the same cores: the time is 
 the process around the work alone (interpreter start-up and the imports of the modules the tool
 uses excluded, for every tool) and the peak anonymous memory is sampled from outside. The floor
 is cyvcf2 decoding every record's genotypes and nothing else. The floor and ``vcfstore build``
-run ``--repeat`` times, alternately, and their medians are reported (this machine's timings
+(at the default Zstd level, and at level 15) run ``--repeat`` times, alternately, and their
+medians are reported (this machine's timings
 vary by 10 % and more from minute to minute, so only figures taken side by side are compared);
 ``vcf2zarr`` runs once. Panels: the real 1000 Genomes chr20 reference in ``../shared/data`` and
 an msprime panel of 20,000 haplotypes written as a VCF.
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from vcfstore.store.builder import DEFAULT_ZSTD_LEVEL
 from vcfstore.testing import run_measured
 
 from .common import dir_bytes, vcf_panels, write_result
@@ -41,7 +43,7 @@ import json, sys, time
 import vcfstore as vs
 import cyvcf2, numcodecs, tqdm.auto, zarr, zarr.codecs, vcfstore.store.builder  # imported lazily by a build
 t = time.perf_counter()
-vs.build_store(vs.VcfSource(sys.argv[1]), sys.argv[2], progress=False)
+vs.build_store(vs.VcfSource(sys.argv[1]), sys.argv[2], progress=False, zstd_level=int(sys.argv[3]))
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 _VCF2ZARR = """
@@ -62,19 +64,23 @@ def _run(code: str, *args: str) -> dict[str, Any]:
 
 
 def measure(vcf: Path, work: Path, n_haplotypes: int, repeat: int) -> dict[str, Any]:
-    store = work / "panel.vcfstore"
-    floors, builds = [], []
-    for _ in range(repeat):  # alternately: both see the machine as it is at that minute
-        floors.append(_run(_FLOOR, str(vcf)))
-        builds.append(_run(_VCFSTORE, str(vcf), str(store)))
-        shutil.rmtree(store)
-    _run(_VCFSTORE, str(vcf), str(store))  # the store whose bytes are reported
-    floor, build = _median(floors), _median(builds)
+    levels = {"vcfstore build": DEFAULT_ZSTD_LEVEL, "vcfstore build --zstd-level 15": 15}
+    stores = {name: work / f"panel-zstd{level}.vcfstore" for name, level in levels.items()}
+    runs: dict[str, list[dict[str, Any]]] = {"cyvcf2 decode (floor)": [], **{name: [] for name in levels}}
+    for _ in range(repeat):  # alternately: all see the machine as it is at that minute
+        runs["cyvcf2 decode (floor)"].append(_run(_FLOOR, str(vcf)))
+        for name, level in levels.items():
+            runs[name].append(_run(_VCFSTORE, str(vcf), str(stores[name]), str(level)))
+            shutil.rmtree(stores[name])
+    for name, level in levels.items():
+        _run(_VCFSTORE, str(vcf), str(stores[name]), str(level))  # the stores whose bytes are reported
+    medians = {name: _median(r) for name, r in runs.items()}
+    floor = medians["cyvcf2 decode (floor)"]
     records = floor["records"]
     out: dict[str, Any] = {"records": records, "haplotypes": n_haplotypes, "vcf_bytes": vcf.stat().st_size}
     out["repeat"] = repeat
-    out["runs_seconds"] = {"floor": [r["seconds"] for r in floors], "vcfstore": [r["seconds"] for r in builds]}
-    tools = {"cyvcf2 decode (floor)": (floor, None), "vcfstore build": (build, store)}
+    out["runs_seconds"] = {name: [r["seconds"] for r in rs] for name, rs in runs.items()}
+    tools = {name: (median, stores.get(name)) for name, median in medians.items()}
     vcz = work / "panel.vcz"
     tools["vcf2zarr convert -p 0"] = (_run(_VCF2ZARR, str(vcf), str(vcz)), vcz)
     for name, (r, path) in tools.items():

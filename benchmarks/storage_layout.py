@@ -7,7 +7,8 @@ Panels: an msprime panel of the real shape's haplotype count (2008 haplotypes) a
 the original design keeps in RAM), raw uint8, raw bit-packed, bit-packed + Zstd at several chunk
 shapes, uint8 + Blosc bit-shuffle, bio2zarr's ``vcf2zarr`` output of the same VCF, and the
 vcfstore store as built by default; then the read time of a whole window (unpacked and packed)
-and of a 16-row gather for vcfstore and vcf2zarr. Larger panels (20,000 to 1,000,000
+and of a 16-row gather for vcfstore and vcf2zarr; and the bytes and compression time of the
+store's allele chunks at several Zstd levels. Larger panels (20,000 to 1,000,000
 haplotypes): ``python -m benchmarks.scale``.
 """
 
@@ -61,6 +62,33 @@ def _vcf_for(store: vs.PanelStore, path: Path) -> Path:
                 f.write(f"{table['contig'][s]}\t{table['position'][s]}\t.\t{table['ref'][s]}\t{table['alt'][s]}")
                 f.write(f"\t.\t.\t.\tGT\t{gts}\n")
     return path
+
+
+# Zstd levels compared on the default layout's allele chunks (the store's own default among them).
+ZSTD_LEVELS = (3, 7, 9, 10, 11, 12, 13, 15)
+
+
+def zstd_levels(store: vs.PanelStore) -> dict[int, dict[str, float]]:
+    """Bytes and seconds (one thread) to compress the store's allele chunks at each of ZSTD_LEVELS."""
+    import time
+
+    import zarr
+    from numcodecs import Zstd
+
+    alleles = zarr.open_group(str(store.path), mode="r")["alleles"]
+    packed, (rows, cols) = np.asarray(alleles[:]), alleles.chunks
+    chunks = [
+        np.ascontiguousarray(packed[i : i + rows, j : j + cols])
+        for i in range(0, packed.shape[0], rows)
+        for j in range(0, packed.shape[1], cols)
+    ]
+    out = {}
+    for level in ZSTD_LEVELS:
+        codec = Zstd(level=level)
+        start = time.process_time()
+        size = sum(len(codec.encode(c)) for c in chunks)
+        out[level] = {"bytes": size, "seconds": time.process_time() - start}
+    return out
 
 
 def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path) -> dict[str, Any]:
@@ -122,6 +150,7 @@ def measure_panel(name: str, store: vs.PanelStore, vcf: Path | None, work: Path)
         "bytes_per_1030_site_window": {k: v * n_hap * 1030 / 8 for k, v in bits.items()},
         "vcfstore_over_vcf2zarr": bits[DEFAULT_LABEL] / bits["vcf2zarr call_genotype (default layout)"],
         "read_ms": reads_ms,
+        "zstd_levels": zstd_levels(store),
     }
 
 
@@ -164,6 +193,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label in results[0]["read_ms"]:
         reads.add_row(label, *(f"{r['read_ms'][label]:.2f}" for r in results))
     console.print(reads)
+    levels = Table(title=f"Zstd level of the allele chunks (default {DEFAULT_ZSTD_LEVEL}): bytes, and CPU seconds")
+    levels.add_column("level")
+    for r in results:
+        levels.add_column(f"{r['panel']} bytes", justify="right")
+        levels.add_column("seconds", justify="right")
+    for level in ZSTD_LEVELS:
+        cells = []
+        for r in results:
+            z = r["zstd_levels"][level]
+            cells += [f"{z['bytes']:,}", f"{z['seconds']:.3f}"]
+        levels.add_row(str(level), *cells)
+    console.print(levels)
     result = {"benchmark": "storage_layout", "quick": args.quick, "panels": results}
     path = write_result("storage_layout" + ("_quick" if args.quick else ""), result, args.out)
     console.print(f"wrote {path}")

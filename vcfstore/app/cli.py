@@ -13,6 +13,7 @@ import click
 
 from vcfstore.app.display import print_store_info
 from vcfstore.errors import InputWarning, VcfstoreError
+from vcfstore.store.builder import DEFAULT_ZSTD_LEVEL
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -105,6 +106,13 @@ def _build_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--max-seq-len", type=int, default=1030, show_default=True, help="Tokens per window: [SOS] sites [EOS] pad."
         ),
+        click.option(
+            "--zstd-level",
+            type=click.IntRange(1, 22),
+            default=DEFAULT_ZSTD_LEVEL,
+            show_default=True,
+            help="Zstd level of the allele chunks: 15 makes them 8-13% smaller for 6-10x the compression work.",
+        ),
         _policy_option(
             "--multiallelic",
             ("split", "skip", "collapse"),
@@ -130,6 +138,7 @@ def _store_kwargs(
     samples_panel: Path | None,
     af_from: str,
     max_seq_len: int,
+    zstd_level: int,
 ) -> dict[str, Any]:
     """build_store's keyword arguments from the shared options (the --windows CSV read here)."""
     from vcfstore.store.windows import read_windows_csv
@@ -144,6 +153,7 @@ def _store_kwargs(
         "windows": read_windows_csv(windows_csv, allow_overlap=allow_overlap) if windows_csv else None,
         "allow_overlap": allow_overlap,
         "max_seq_len": max_seq_len,
+        "zstd_level": zstd_level,
         "af_from": af_from,
         "annotations": samples_panel,
     }
@@ -176,6 +186,7 @@ def build(
     samples_panel: Path | None,
     af_from: str,
     max_seq_len: int,
+    zstd_level: int,
     region: str | None,
     workers: int,
     partitions: int | None,
@@ -204,7 +215,9 @@ def build(
     options = _storage_options(storage_options)
     with warnings.catch_warnings():
         warnings.showwarning = _show_input_warning(warnings.showwarning)
-        kwargs = _store_kwargs(window_size, overlap, windows_csv, allow_overlap, samples_panel, af_from, max_seq_len)
+        kwargs = _store_kwargs(
+            window_size, overlap, windows_csv, allow_overlap, samples_panel, af_from, max_seq_len, zstd_level
+        )
         input_policy = InputPolicy(**policy)  # type: ignore[arg-type]  # click checked the choices
         common: dict[str, Any] = {"force": force, "progress": not quiet, "storage_options": options}
         if workers > 1:
@@ -256,6 +269,7 @@ def partition_init(
     samples_panel: Path | None,
     af_from: str,
     max_seq_len: int,
+    zstd_level: int,
     partitions: int,
     work_dir: Path | None,
     force: bool,
@@ -265,7 +279,9 @@ def partition_init(
     from vcfstore.sources import InputPolicy
     from vcfstore.store.partitioned import default_work_dir, plan_partitions
 
-    kwargs = _store_kwargs(window_size, overlap, windows_csv, allow_overlap, samples_panel, af_from, max_seq_len)
+    kwargs = _store_kwargs(
+        window_size, overlap, windows_csv, allow_overlap, samples_panel, af_from, max_seq_len, zstd_level
+    )
     plan = plan_partitions(
         input_path,
         _location(out_dir),

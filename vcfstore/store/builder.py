@@ -58,8 +58,11 @@ from vcfstore.store.windows import check_window_size, check_windows, fixed_windo
 DEFAULT_CHUNK_SITES = 2048
 DEFAULT_HAPLOTYPE_CHUNK = 1024
 DEFAULT_BLOCK_SITES = 1024
-DEFAULT_ZSTD_LEVEL = 15
-# Zstd at level 15 in Zarr's encoding threads (their malloc arenas), htslib and tskit's tree arrays:
+# Zstd 10 of the allele chunks: on the msprime and 1000 Genomes panels of benchmarks.storage_layout,
+# level 15 makes them 8-13% smaller for 6-10x the compression time (on chr20 about as long as
+# reading the VCF); levels 11-13 save 0-4% for 1-6x (README, "Chunking and codecs, measured").
+DEFAULT_ZSTD_LEVEL = 10
+# Zstd in Zarr's encoding threads (their malloc arenas), htslib and tskit's tree arrays:
 # measured 10-46 MB whatever the panel's size.
 _FIXED_BUFFERS = 64 << 20
 _PER_CHUNK_SITE = 1.5  # bytes per haplotype and pending site: the site, the packed shard and its copy
