@@ -40,6 +40,27 @@ def test_windows_csv_option(tmp_path, real_data):
     assert json.loads(CliRunner().invoke(main, ["info", str(tmp_path / "s"), "--json"]).output)["n_windows"] == 2
 
 
+def test_zstd_level_option(tmp_path, real_data):
+    """--zstd-level sets the allele chunks' level (recorded with the build); the alleles read the same."""
+    import numpy as np
+
+    import vcfstore as vs
+
+    stores = {}
+    for level in ("3", "15"):
+        out = tmp_path / f"z{level}"
+        argv = ["build", str(real_data / "reference.vcf.gz"), str(out), "--zstd-level", level, "--quiet"]
+        assert CliRunner().invoke(main, argv).exit_code == 0
+        stores[level] = vs.open_store(out)
+        assert stores[level].meta["params"]["zstd_level"] == int(level)
+    assert stores["15"].disk_usage()["alleles"] < 0.7 * stores["3"].disk_usage()["alleles"]
+    np.testing.assert_array_equal(stores["15"].read_alleles(0, 5000), stores["3"].read_alleles(0, 5000))
+    r = CliRunner().invoke(
+        main, ["build", str(real_data / "reference.vcf.gz"), str(tmp_path / "z"), "--zstd-level", "0"]
+    )
+    assert r.exit_code == 2 and "--zstd-level" in r.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
