@@ -159,6 +159,14 @@ def test_bad_records(tmp_path, records, match):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dot_among_alts_keeps_the_alt_numbers(tmp_path):
+    """ALT ``C,.,T``: the calls number T as allele 3, so its site holds allele 3's carriers (once allele 2's)."""
+    recs = [("1", 10, ".", "A", "C,.,T", ["0|3", "1|0"]), ("1", 20, ".", "A", "G", GT2)]
+    s = _build(tmp_path, recs)
+    assert list(s.site_table()["alt"]) == ["C", "T", "G"]
+    np.testing.assert_array_equal(s.read_alleles(0, 2).T, [[0, 0, 1, 0], [0, 1, 0, 0]])
+
+
 def test_duplicate_skip_and_indel_sharing_position(tmp_path):
     recs = [
         ("1", 10, ".", "A", "G", GT2),

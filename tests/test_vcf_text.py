@@ -55,8 +55,17 @@ def _handed(path, monkeypatch, *, text: bool, rows=None):
         )
         return call(self, contigs, positions, ids, refs, alts, gt, phased, info_af)
 
+    fill = vcf_text.TextRecords.fill
+
+    def counted(self, buffer):
+        out = fill(self, buffer)
+        parsed.append(out[-1])
+        return out
+
+    parsed: list[int] = []
     with monkeypatch.context() as m:
         m.setattr(RecordFilter, "__call__", capture)
+        m.setattr(vcf_text.TextRecords, "fill", counted)
         m.setattr(vcf_module, "TextRecords", vcf_text.TextRecords if text else _NoText)
         if rows is not None:
             m.setattr(vcf_module, "RAW_BUFFER_BYTES", rows * 8 * len(vs.VcfSource(path).samples))
@@ -68,6 +77,7 @@ def _handed(path, monkeypatch, *, text: bool, rows=None):
                 pass
         except vs.InputError as e:
             error = str(e)
+    _handed.text_records = sum(parsed)  # type: ignore[attr-defined]  # records the text parser read
     if not seen:
         return [], error, dict(source.filter.counts)
     columns = [list(itertools.chain.from_iterable(s[k] for s in seen)) for k in range(5)]
@@ -75,14 +85,16 @@ def _handed(path, monkeypatch, *, text: bool, rows=None):
     return [*columns, *arrays], error, dict(source.filter.counts)
 
 
-def _assert_same(path, monkeypatch, rows=None):
+def _assert_same(path, monkeypatch, rows=None) -> int:
     """Both paths hand the filter the same records and end with the same counts or the same error.
 
     After an error the counts and the records handed depend on where blocks end (a block is
     refused whole), so an input that fails is compared again in blocks of one record: then
-    both paths fail at the same record with the same message.
+    both paths fail at the same record with the same message. Returns the records the text
+    parser read.
     """
     got, got_error, got_counts = _handed(path, monkeypatch, text=True, rows=rows)
+    text_records = _handed.text_records  # type: ignore[attr-defined]
     want, want_error, want_counts = _handed(path, monkeypatch, text=False, rows=rows)
     if got_error is not None or want_error is not None:
         got, got_error, got_counts = _handed(path, monkeypatch, text=True, rows=1)
@@ -96,6 +108,7 @@ def _assert_same(path, monkeypatch, rows=None):
             np.testing.assert_array_equal(g, w)
         else:
             assert g == w
+    return text_records
 
 
 def _write(path, lines, compression):
@@ -199,6 +212,13 @@ def test_text_path_hands_the_filter_what_cyvcf2_does(tmp_path, monkeypatch, line
         "1\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1|0\t1|0|0",
         "1\t25\t.\tA\tG\t.\tPASS\t.\tGT\t.\t1|0",
         "1\t25\t.\tA\t\t.\tPASS\t.\tGT\t0|1\t1|0",  # an empty ALT
+        "1\t25\t.\tA\tC,,T\t.\tPASS\t.\tGT\t0|3\t1|0",  # an empty ALT among others (htslib: ".")
+        "1\t25\t.\tA\tC,.,T\t.\tPASS\t.\tGT\t0|3\t1|0",
+        "1\t25\t.\tA\tG\t.\tPASS\tDP=1\0\0\0\tGT\t0|1\t1|0",  # NUL: htslib ends the line there
+        "1\t4294967306\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # past 2^32
+        "1\t123456789012345678901\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # past 2^63
+        "chr,3\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # a contig name htslib refuses
+        "chrUn_x\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # undeclared, and a valid name
         "1\t+25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "#1\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "1\t25\tid\u00e9\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # not ASCII (UTF-8 here)
@@ -217,7 +237,7 @@ def test_each_record_the_text_path_leaves_to_cyvcf2(tmp_path, monkeypatch, odd, 
     good = [f"1\t{p}\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0\n" for p in (10, 20, 30, 40)]
     columns = ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", "a", "b"]
     lines = [*HEADER, "\t".join(columns) + "\n", *good[:2], odd + "\n", *good[2:]]
-    _assert_same(_write(tmp_path / "odd.vcf", lines, compression), monkeypatch)
+    assert _assert_same(_write(tmp_path / "odd.vcf", lines, compression), monkeypatch) >= 2
 
 
 def test_text_path_reads_on_with_cyvcf2_after_an_odd_record(tmp_path, monkeypatch):
@@ -232,17 +252,8 @@ def test_text_path_reads_on_with_cyvcf2_after_an_odd_record(tmp_path, monkeypatc
     fields[4], fields[9] = "C,T,G,A,C,T,G,A,C,T", "10|0"  # an allele of two digits: cyvcf2 from here
     lines[header + 450] = "\t".join(fields)
     odd = _write(tmp_path / "odd.vcf", lines, "gzip")
-    parsed = []
-    fill = vcf_text.TextRecords.fill
-
-    def spy(self, buffer):
-        out = fill(self, buffer)
-        parsed.append(out[-1])
-        return out
-
-    monkeypatch.setattr(vcf_text.TextRecords, "fill", spy)
-    _assert_same(odd, monkeypatch, rows=100)
-    assert sum(parsed) == 450  # the text parser read up to the odd record and no further
+    text_records = _assert_same(odd, monkeypatch, rows=100)
+    assert text_records == 450  # the text parser read up to the odd record and no further
 
 
 @pytest.mark.parametrize("name", ["reference.vcf.gz", "unphased.vcf.gz"])
@@ -264,3 +275,40 @@ def test_truncated_or_corrupt_gzip_is_refused(tmp_path, monkeypatch):
         with pytest.raises(vs.InputError, match="truncated or corrupt"):
             vs.build_store(vs.VcfSource(bad), tmp_path / "out", progress=False)
         assert not (tmp_path / "out").exists()
+
+
+def test_text_path_across_tiny_pieces(tmp_path, monkeypatch):
+    """Pieces of a few bytes (compressed and inflated): lines, the header and the #CHROM line split
+    anywhere across pieces read as cyvcf2 reads them, and the text parser reads every record."""
+    rng = np.random.default_rng(3)
+    path = vcf_from_arrays(tmp_path / "p.vcf.gz", rng.integers(0, 2, (6, 300), dtype=np.uint8), np.arange(1, 301))
+    for piece, text in ((7, 13), (64, 5), (1, 1)):
+        monkeypatch.setattr(vcf_text, "_PIECE", piece)
+        monkeypatch.setattr(vcf_text, "_TEXT", text)
+        assert _assert_same(path, monkeypatch, rows=32) == 300
+
+
+def test_gt_declared_as_integer_is_left_to_cyvcf2(tmp_path, monkeypatch):
+    """A header declaring GT other than a String (htslib refuses it): cyvcf2 reads the file and says so."""
+    header = [line.replace("Type=String", "Type=Integer") for line in HEADER]
+    columns = ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", "a"]
+    lines = [*header, "\t".join(columns) + "\n", "1\t10\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\n"]
+    assert _assert_same(_write(tmp_path / "int.vcf", lines, "plain"), monkeypatch) == 0
+
+
+def test_gzip_cut_at_a_flush_point_is_refused(tmp_path):
+    """A gzip stream cut right after a full flush that ends a line inflates cleanly up to the cut:
+    only the missing end of the stream tells, and the text path refuses it (never a shorter panel)."""
+    import zlib
+
+    rng = np.random.default_rng(4)
+    # large enough that htslib reads the header before meeting the cut (then only the text path can tell)
+    path = vcf_from_arrays(tmp_path / "p.vcf.gz", rng.integers(0, 2, (40, 20000), dtype=np.uint8), np.arange(1, 20001))
+    text = gzip.decompress(path.read_bytes())
+    cut_at = text.index(b"\n", len(text) // 2) + 1
+    deflate = zlib.compressobj(wbits=31)
+    cut = tmp_path / "cut.vcf.gz"
+    cut.write_bytes(deflate.compress(text[:cut_at]) + deflate.flush(zlib.Z_FULL_FLUSH))
+    with pytest.raises(vs.InputError, match="truncated or corrupt"):
+        vs.build_store(vs.VcfSource(cut), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -182,8 +182,10 @@ class RecordFilter:
         is stored).
         """
         most = gt.reshape(len(gt), -1).max(axis=1)
-        # counted as the filter counts them: padding ("" in VCF Zarr) and "." are no allele
-        n_alts = np.array([sum(a not in ("", ".") for a in alt) for alt in alts], dtype=np.int64)
+        # the number of the last ALT allele: padding ("" in VCF Zarr) and "." are no allele
+        n_alts = np.array(
+            [max((k + 1 for k, a in enumerate(alt) if a not in ("", ".")), default=0) for alt in alts], dtype=np.int64
+        )
         bad = np.flatnonzero((most > n_alts) & (n_alts > 0))
         if bad.size:
             i = int(bad[0])
@@ -299,19 +301,20 @@ class RecordFilter:
 
     def _alt_numbers(self, ref: str, alts: Sequence[str]) -> list[int]:
         """The ALT numbers (1-based, or ``_ANY_ALT``) that become sites of this record, counting what is skipped."""
-        alts = [a for a in alts if a not in ("", ".")]
-        if not alts:
+        # ALT numbers as the calls give them: a "." among the ALTs keeps its number, and no site
+        numbered = [(k + 1, a) for k, a in enumerate(alts) if a not in ("", ".")]
+        if not numbered:
             self.counts["skipped_no_alt"] += 1
             return []
-        multi = len(alts) > 1
+        multi = len(numbered) > 1
         if multi and self.policy.multiallelic == "skip":
             self.counts["skipped_multiallelic"] += 1
             return []
-        keep = [k + 1 for k, a in enumerate(alts) if self.policy.non_snv == "keep" or _is_snv(ref, a)]
+        keep = [k for k, a in numbered if self.policy.non_snv == "keep" or _is_snv(ref, a)]
         if multi and self.policy.multiallelic == "collapse":
             # One site for the whole record, or none: a site where some ALT alleles were dropped
             # would call their carriers REF.
-            if len(keep) < len(alts):
+            if len(keep) < len(numbered):
                 self.counts["skipped_non_snv"] += 1
                 return []
             self.counts["collapsed_multiallelic"] += 1

@@ -189,10 +189,8 @@ class VcfSource:
                     return
             self._read_records(handoff, buffers, stop, done)
             handoff.put(_END)
-        except InputError as e:
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
             handoff.put(e)
-        except Exception as e:  # noqa: BLE001 - htslib reports truncation and corruption as bare Exception
-            handoff.put(InputError(f"{self.path}: the file is truncated or corrupt ({e})"))
 
     def _read_records(
         self, handoff: queue.Queue[Any], buffers: queue.Queue[np.ndarray], stop: threading.Event, skip: int
@@ -203,7 +201,7 @@ class VcfSource:
         read_af = self.filter.info_af
         try:
             records = iter(vcf(self.region) if self.region else vcf)
-            for _ in itertools.islice(records, skip):
+            for _ in itertools.takewhile(lambda _: not stop.is_set(), itertools.islice(records, skip)):
                 pass
             while not stop.is_set():
                 raw = buffers.get()  # the caller gives one back when it stops, too
@@ -215,7 +213,7 @@ class VcfSource:
                 for rec in records:
                     if stop.is_set():  # the caller has stopped: no need to parse the rest of a block
                         break
-                    pos = rec.POS
+                    pos = rec.start + 1  # (cyvcf2's POS wraps past 2^31)
                     if min_pos is not None and pos < min_pos:
                         continue
                     gt = rec.format("GT", int)  # htslib's codes as they are: one copy, no per-call loop
@@ -240,6 +238,10 @@ class VcfSource:
                     handoff.put((*fields[:5], fields[5] if read_af else None, raw, n, False))
                 if n < len(raw) or stop.is_set():
                     break
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - htslib reports truncation and corruption as bare Exception
+            raise InputError(f"{self.path}: the file is truncated or corrupt ({e})") from None
         finally:
             vcf.close()
 

@@ -5,21 +5,26 @@ and cyvcf2 costs a few Python calls per record: together about as long as the re
 Most reference panels are text VCF (plain, gzip or BGZF) whose FORMAT is ``GT`` and whose calls
 are diploid with one-digit alleles (``0|1``, ``1/0``, ``.|.``). Such a line ends in a run of
 ``4 * samples`` bytes at fixed offsets: this module inflates the file (zlib releases the GIL),
-finds the line ends, checks every line's calls at once and writes each call's two alleles as the
-codes htslib gives (``(allele + 1) << 1 | phased``, 0 for a missing allele, the phase bit on the
-second allele only), so the caller decodes and filters them exactly as it does cyvcf2's. CHROM,
-POS, ID, REF and ALT are split out of the text before the calls with C-level string operations.
+finds the line ends, checks every line's calls at once and decodes them straight into what the
+cyvcf2 path decodes htslib's codes into (allele numbers, -1 for a missing allele, and the phase
+of the second allele), which the input filter then takes alike. CHROM, POS, ID, REF and ALT are
+split out of the text before the calls with C-level string operations.
 
 Any other record (another FORMAT, another ploidy, a multi-digit allele, a line with more or fewer
-columns, CRLF line ends, a header that does not list the samples cyvcf2 read, a file that is not
-text VCF) is *unsupported*: the parser stops before it, and the caller reads the rest of the file
-with cyvcf2 from that record on, so every input gets the same result and the same errors as
-before. Tested against cyvcf2's own codes on generated files.
+columns, a NUL byte, CRLF line ends, an empty ALT, a position past 18 digits, an undeclared contig
+whose name htslib refuses, text that is not UTF-8) and any other file (a header that does not
+list the samples cyvcf2 read or declares GT other than a String, BCF) is *unsupported*: the
+parser stops before that record, and the caller reads the rest of the file with cyvcf2 from that
+record on, so every input gets the same sites and the same errors as before. Tested against
+cyvcf2's own reading on generated files with each of these cases. One difference is left:
+QUAL, FILTER and INFO, which a build does not use, are not parsed, so a record that htslib
+refuses only for them (a FILTER or INFO key with a comma) is read.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,12 +38,17 @@ _PIECE = 64 << 10  # compressed bytes read at a time (zlib copies what a call le
 _TEXT = 256 << 10  # text bytes inflated at a time at most: small pieces leave the allocator's heap unfragmented
 _FORMAT_GT = np.frombuffer(b"\tGT\t", dtype=np.uint8)
 _NEWLINE, _TAB, _PIPE, _SLASH, _ZERO = (ord(c) for c in "\n\t|/0")
+_VCF_START = b"##fileformat=VCF"
+_CONTIG_LINE = re.compile(r"##contig=<ID=([^,>]+)")
+# A contig name htslib takes without a header line for it (VCF 4.3, 1.4.7); it refuses others.
+_CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*")
+_POS_DIGITS = 18  # a position of more digits is left to cyvcf2 (which refuses one past 2^62)
 
 
 def inflated(path: Path) -> Iterator[bytes]:
     """The file's bytes as text pieces of at most a few MB: plain, gzip or BGZF (many gzip members)."""
     with open(path, "rb") as f:
-        data = f.read(_PIECE)
+        data = f.read(max(_PIECE, 2))  # (the gzip magic number whole)
         if data[:2] != b"\x1f\x8b":
             while data:
                 yield data
@@ -62,21 +72,37 @@ def inflated(path: Path) -> Iterator[bytes]:
             raise InputError(f"{path}: the file is truncated or corrupt (the compressed stream ends early)")
 
 
-def after_header(pieces: Iterator[bytes], samples: list[str]) -> bytes | None:
-    """The text after the ``#CHROM`` line (the records come next from ``pieces``).
+def split_header(pieces: Iterator[bytes]) -> tuple[bytes, bytes] | None:
+    """The header, up to and with the ``#CHROM`` line, and the text after it (the rest comes from ``pieces``).
 
-    None when that line does not name exactly ``samples`` (as cyvcf2 read them) or is not found.
+    None when the text does not start as a VCF does or has no ``#CHROM`` line (BCF, for one).
     """
-    text = b""
+    text = bytearray()
+    at = -1  # where the #CHROM line starts, once found
     for piece in pieces:
+        seen = len(text)
         text += piece
-        at = 0 if text.startswith(b"#CHROM\t") else text.find(b"\n#CHROM\t") + 1
-        stop = text.find(b"\n", at) if at or text.startswith(b"#CHROM\t") else -1
-        if stop < 0:
-            continue
-        columns = text[at:stop].decode("utf-8", "replace").split("\t")
-        return text[stop + 1 :] if columns[9:] == samples else None
+        if len(text) >= len(_VCF_START) and not text.startswith(_VCF_START):
+            return None
+        if at < 0:
+            at = 0 if text.startswith(b"#CHROM\t") else text.find(b"\n#CHROM\t", max(0, seen - 8)) + 1 or -1
+        stop = text.find(b"\n", max(at, seen)) if at >= 0 else -1
+        if stop >= 0:
+            return bytes(text[: stop + 1]), bytes(text[stop + 1 :])
     return None
+
+
+def _readable_header(header: bytes, samples: list[str]) -> tuple[bool, set[str]]:
+    """Whether the text parser may read the records after ``header``, and the contigs it declares.
+
+    The ``#CHROM`` line must name ``samples`` as cyvcf2 read them, and GT must not be declared
+    other than a String (htslib refuses that; cyvcf2 then says so).
+    """
+    lines = header.decode("utf-8", "replace").splitlines()
+    gt = [line for line in lines if line.startswith("##FORMAT=<ID=GT,")]
+    if lines[-1].split("\t")[9:] != samples or any("Type=String" not in line for line in gt):
+        return False, set()
+    return True, {m.group(1) for m in map(_CONTIG_LINE.match, lines) if m}
 
 
 class TextRecords:
@@ -103,12 +129,9 @@ class TextRecords:
         self.records = 0
         self._n_samples = len(samples)
         self._pieces = inflated(path)
-        first = next(self._pieces, b"")
-        text = None
-        if first.startswith(b"##fileformat=VCF"):
-            text = after_header(itertools.chain([first], self._pieces), samples)
-        self.supported = text is not None
-        self._set_text(text or b"")
+        split = split_header(self._pieces)
+        self.supported, self._contigs = _readable_header(split[0], samples) if split else (False, set())
+        self._set_text(split[1] if split and self.supported else b"")
 
     def _set_text(self, text: bytes) -> None:
         self._text = text
@@ -161,33 +184,65 @@ class TextRecords:
         head_end = np.where(ok, calls - 4, starts)
         for k in range(4):
             ok &= arr.take(head_end + k, mode="clip") == _FORMAT_GT[k]  # (clipped: a short last line)
-        # CHROM to INFO: exactly eight columns
+        # CHROM to INFO: exactly eight columns, and no NUL (htslib ends a line there: a NUL-filled
+        # stretch of a damaged file could join one record's columns to another's calls)
         heads = list(map(text.__getitem__, map(slice, starts.tolist(), head_end.tolist())))
         ok &= np.fromiter(map(bytes.count, heads, itertools.repeat(b"\t")), dtype=np.int64, count=len(ends)) == 7
+        ok &= ~np.fromiter(map(bytes.__contains__, heads, itertools.repeat(b"\0")), dtype=bool, count=len(ends))
         n = len(ends) if ok.all() else int(np.argmin(ok))
         if n == 0:
             return 0
         joined = b"".join(map(text.__getitem__, map(slice, calls[:n].tolist(), (calls[:n] + width).tolist())))
         block = np.frombuffer(joined, dtype=np.uint8).reshape(n, ns, 4)
         n = _decode_calls(block, gt[:n], phased[:n])
+        if n == 0:
+            return 0
         try:
+            fields = b"\t".join(heads[:n]).decode("utf-8").split("\t")
+        except UnicodeDecodeError:  # the records before the first that is not UTF-8 (cyvcf2 reads that one)
+            n = next(i for i, head in enumerate(heads[:n]) if not _is_utf8(head))
             fields = b"\t".join(heads[:n]).decode("utf-8").split("\t") if n else []
-        except UnicodeDecodeError:
-            return 0  # cyvcf2 decides what such a record's strings are
         contigs, positions, ids, refs, alt_text = (fields[k::8] for k in range(5))
-        digits = "".join(positions)
-        if any("" in column for column in (contigs, positions, ids, refs, alt_text)) or not (
-            digits.isdecimal() and digits.isascii()
-        ):
-            return 0  # an empty column or a position that is not a number: as cyvcf2 reads them
         alts = list(map(str.split, alt_text, itertools.repeat(",")))
-        if "." in alt_text:  # no ALT allele: an empty list, as cyvcf2 gives
+        if not self._plain_columns(contigs, positions, ids, refs, alts):  # rarely: find the first that is not
+            n = next(
+                i
+                for i in range(n)
+                if not self._plain_columns(
+                    contigs[i : i + 1], positions[i : i + 1], ids[i : i + 1], refs[i : i + 1], alts[i : i + 1]
+                )
+            )
+            contigs, positions, ids, refs, alts = contigs[:n], positions[:n], ids[:n], refs[:n], alts[:n]
+        if ["."] in alts:  # no ALT allele: an empty list, as cyvcf2 gives
             alts = [[] if a == ["."] else a for a in alts]
         values: tuple[Iterable[Any], ...] = (contigs, map(int, positions), ids, refs, alts)
         for column, new in zip(out, values, strict=True):
             column += new
         self._line += n
         return n
+
+    def _plain_columns(
+        self, contigs: list[str], positions: list[str], ids: list[str], refs: list[str], alts: list[list[str]]
+    ) -> bool:
+        """Whether records' columns read as cyvcf2 reads them: no empty column or ALT, positions of
+        at most 18 digits, and contigs declared in the header or named as htslib accepts undeclared."""
+        digits = "".join(positions)
+        if (
+            any("" in column for column in (contigs, positions, ids, refs))
+            or not (digits.isdecimal() and digits.isascii())
+            or max(map(len, positions), default=0) > _POS_DIGITS
+            or any(map(list.__contains__, alts, itertools.repeat("")))  # htslib reads an empty ALT as "."
+        ):
+            return False
+        return all(_CONTIG_NAME.fullmatch(c) for c in set(contigs) - self._contigs)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def call_views(buffer: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
