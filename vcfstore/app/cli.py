@@ -111,7 +111,7 @@ def _build_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(1, 22),
             default=DEFAULT_ZSTD_LEVEL,
             show_default=True,
-            help="Zstd level of the allele chunks: 15 makes them 8-13% smaller for 6-10x the compression work.",
+            help="Zstd level of the allele chunks: 15 makes them 7-12% smaller for 6-10x the compression work.",
         ),
         _policy_option(
             "--multiallelic",

@@ -59,8 +59,8 @@ DEFAULT_CHUNK_SITES = 2048
 DEFAULT_HAPLOTYPE_CHUNK = 1024
 DEFAULT_BLOCK_SITES = 1024
 # Zstd 10 of the allele chunks: on the msprime and 1000 Genomes panels of benchmarks.storage_layout,
-# level 15 makes them 8-13% smaller for 6-10x the compression time (on chr20 about as long as
-# reading the VCF); levels 11-13 save 0-4% for 1-6x (README, "Chunking and codecs, measured").
+# level 15 makes them 7-12% smaller for 6-10x the compression time (on chr20 about half the time
+# of reading the VCF); levels 11-13 save 2-4% for 1-6.5x (README, "Chunking and codecs, measured").
 DEFAULT_ZSTD_LEVEL = 10
 # Zstd in Zarr's encoding threads (their malloc arenas), htslib and tskit's tree arrays:
 # measured 10-46 MB whatever the panel's size.
