@@ -164,9 +164,10 @@ class VcfSource:
         """The reader thread: fills buffers from ``buffers`` with raw GT codes and hands them over.
 
         Each item on ``handoff`` is (contigs, positions, ids, refs, alts, INFO/AF values or None,
-        the buffer, its record count); then ``_END``, or the error that stopped the reader. A
-        whole-file read without INFO/AF goes through the fast text parser
-        (:mod:`vcfstore.sources.vcf_text`) as far as it can, and cyvcf2 reads the rest.
+        the buffer, its record count, whether the buffer holds decoded calls); then ``_END``, or
+        the error that stopped the reader. A whole-file read without INFO/AF goes through the text
+        parser (:mod:`vcfstore.sources.vcf_text`, which writes decoded calls) as far as it can,
+        and cyvcf2 (htslib's raw codes) reads the rest.
         """
         try:
             done = 0
