@@ -159,6 +159,21 @@ def test_bad_records(tmp_path, records, match):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("alt", "calls", "policy"),
+    [
+        ("C,.,T", ["0|2", "1|0"], "split"),
+        ("C,.,T", ["0|2", "1|0"], "collapse"),
+        (".,C", ["0|1", "2|0"], "collapse"),
+        (".,C", ["0|1", "0|0"], "skip"),
+    ],
+)
+def test_a_call_naming_a_dot_alt_is_refused(tmp_path, alt, calls, policy):
+    """A call naming an ALT listed as "." has no allele: refused, whatever the policy (it was read as REF or ALT)."""
+    with pytest.raises(vs.InputError, match=r"1:10 has a call with allele \d, whose ALT is listed as '\.'"):
+        _build(tmp_path, [("1", 10, ".", "A", alt, calls), ("1", 20, ".", "A", "G", GT2)], multiallelic=policy)
+
+
 def test_a_dot_among_alts_keeps_the_alt_numbers(tmp_path):
     """ALT ``C,.,T``: the calls number T as allele 3, so its site holds allele 3's carriers (once allele 2's)."""
     recs = [("1", 10, ".", "A", "C,.,T", ["0|3", "1|0"]), ("1", 20, ".", "A", "G", GT2)]

@@ -112,7 +112,7 @@ def _assert_same(path, monkeypatch, rows=None) -> int:
 
 
 def _write(path, lines, compression):
-    text = "".join(lines).encode()
+    text = "".join(lines).encode("utf-8", "surrogateescape")  # "\udce9" writes the byte 0xE9
     if compression == "plain":
         path.write_bytes(text)
         return path
@@ -222,6 +222,8 @@ def test_text_path_hands_the_filter_what_cyvcf2_does(tmp_path, monkeypatch, line
         "1\t+25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "#1\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "1\t25\tid\u00e9\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # not ASCII (UTF-8 here)
+        "1\t25\tid\udce9\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # not UTF-8 (Latin-1 bytes)
+        "1\t25\t.\tA\tG\t.\tPASS\tGENE=Caf\udce9\tGT\t0|1\t1|0",
         "",  # an empty line
         # exactly as wide as two calls, but not calls: each fails one check of the text path
         "1\t25\t.\tA\tG\t.\tPASS\t.\tGT\tA|1\t1|0",
@@ -288,12 +290,26 @@ def test_text_path_across_tiny_pieces(tmp_path, monkeypatch):
         assert _assert_same(path, monkeypatch, rows=32) == 300
 
 
-def test_gt_declared_as_integer_is_left_to_cyvcf2(tmp_path, monkeypatch):
-    """A header declaring GT other than a String (htslib refuses it): cyvcf2 reads the file and says so."""
-    header = [line.replace("Type=String", "Type=Integer") for line in HEADER]
+@pytest.mark.parametrize(
+    ("header_line", "read"),
+    [
+        ('##FORMAT=<ID=GT,Number=1,Type=Integer,Description="Genotype">', 0),
+        ('##FORMAT=<Number=1,ID=GT,Type=Integer,Description="Genotype">', 0),  # keys in any order
+        ('##FORMAT=<ID=GT,Number=1,Type=Integer,Description="Type=String">', 0),
+        ('##FORMAT=<ID=PGT,Number=1,Type=Integer,Description="GT">', 2),  # another field
+        ('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype, phased">', 2),
+        ("##contig=<ID=chr<>", 1),  # a contig line htslib cannot read: cyvcf2 refuses its records
+    ],
+)
+def test_header_declarations(tmp_path, monkeypatch, header_line, read):
+    """GT declared other than a String (htslib refuses every record) or a contig line htslib cannot
+    read: cyvcf2 reads from there and says so; other declarations leave the text parser reading."""
     columns = ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", "a"]
-    lines = [*header, "\t".join(columns) + "\n", "1\t10\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\n"]
-    assert _assert_same(_write(tmp_path / "int.vcf", lines, "plain"), monkeypatch) == 0
+    records = ["1\t10\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\n", "chr<\t20\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\n"]
+    if "chr<" not in header_line:
+        records[1] = records[1].replace("chr<", "1")
+    lines = [HEADER[0], header_line + "\n", *HEADER[1:], "\t".join(columns) + "\n", *records]
+    assert _assert_same(_write(tmp_path / "h.vcf", lines, "plain"), monkeypatch) == read
 
 
 def test_gzip_cut_at_a_flush_point_is_refused(tmp_path):

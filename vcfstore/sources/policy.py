@@ -137,6 +137,7 @@ class RecordFilter:
             self._check_order(contigs[i], pos, where)
             if gt.shape[2] != 2 or (gt[i] == _VECTOR_END).any():
                 raise InputError(f"record {where} is not diploid for every sample (mixed or other ploidy)")
+            _check_no_allele_named(alts[i], gt[i], where)
             alt_numbers = self._alt_numbers(refs[i], alts[i])
             if not alt_numbers:
                 continue
@@ -370,6 +371,25 @@ class RecordFilter:
 def _where(contigs: Sequence[str], positions: Sequence[int], ids: Sequence[str], i: int) -> str:
     """Record ``i`` as error messages name it: ``contig:position``, and its ID when it has one."""
     return f"{contigs[i]}:{int(positions[i])}" + (f" ({ids[i]})" if ids[i] not in ("", ".") else "")
+
+
+def _check_no_allele_named(alts: Sequence[str], calls: np.ndarray, where: str) -> None:
+    """Refuse a call naming an ALT listed as "." (or empty) in a record that lists real ALTs too.
+
+    Such a call has no allele to stand for: read as REF or as any ALT it would be wrong data. A
+    record with no real ALT at all is skipped whatever its calls say (none of them is stored).
+    """
+    if "." not in alts and "" not in alts:
+        return
+    holes = [k + 1 for k, a in enumerate(alts) if a in ("", ".")]
+    if len(holes) == len(alts):
+        return
+    named = calls[np.isin(calls, holes)]
+    if named.size:
+        raise InputError(
+            f"record {where} has a call with allele {int(named[0])}, whose ALT is listed as "
+            f"{alts[int(named[0]) - 1]!r}: its genotypes are malformed"
+        )
 
 
 def _is_snv(ref: str, alt: str) -> bool:

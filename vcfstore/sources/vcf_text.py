@@ -11,8 +11,8 @@ of the second allele), which the input filter then takes alike. CHROM, POS, ID, 
 split out of the text before the calls with C-level string operations.
 
 Any other record (another FORMAT, another ploidy, a multi-digit allele, a line with more or fewer
-columns, a NUL byte, CRLF line ends, an empty ALT, a position past 18 digits, an undeclared contig
-whose name htslib refuses, text that is not UTF-8) and any other file (a header that does not
+columns, a NUL byte, CRLF line ends, an empty ALT, a position past 18 digits, a contig name the
+VCF spec does not allow, text that is not UTF-8) and any other file (a header that does not
 list the samples cyvcf2 read or declares GT other than a String, BCF) is *unsupported*: the
 parser stops before that record, and the caller reads the rest of the file with cyvcf2 from that
 record on, so every input gets the same sites and the same errors as before. Tested against
@@ -39,8 +39,10 @@ _TEXT = 256 << 10  # text bytes inflated at a time at most: small pieces leave t
 _FORMAT_GT = np.frombuffer(b"\tGT\t", dtype=np.uint8)
 _NEWLINE, _TAB, _PIPE, _SLASH, _ZERO = (ord(c) for c in "\n\t|/0")
 _VCF_START = b"##fileformat=VCF"
-_CONTIG_LINE = re.compile(r"##contig=<ID=([^,>]+)")
-# A contig name htslib takes without a header line for it (VCF 4.3, 1.4.7); it refuses others.
+# A header line's KEY=value attributes, a value quoted or not
+_ATTRIBUTE = re.compile(r'([A-Za-z_][0-9A-Za-z_.]*)=("(?:[^"\\]|\\.)*"|[^,>]*)')
+# A contig name as the VCF spec (4.3, 1.4.7) allows: htslib takes a record on such a contig with or
+# without a header line for it (it refuses some others, "chr,1"; those are left to cyvcf2).
 _CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*")
 _POS_DIGITS = 18  # a position of more digits is left to cyvcf2 (which refuses one past 2^62)
 
@@ -85,24 +87,28 @@ def split_header(pieces: Iterator[bytes]) -> tuple[bytes, bytes] | None:
         if len(text) >= len(_VCF_START) and not text.startswith(_VCF_START):
             return None
         if at < 0:
-            at = 0 if text.startswith(b"#CHROM\t") else text.find(b"\n#CHROM\t", max(0, seen - 8)) + 1 or -1
+            at = text.find(b"\n#CHROM\t", max(0, seen - 8)) + 1 or -1
         stop = text.find(b"\n", max(at, seen)) if at >= 0 else -1
         if stop >= 0:
-            return bytes(text[: stop + 1]), bytes(text[stop + 1 :])
+            return (bytes(text[: stop + 1]), bytes(text[stop + 1 :])) if text.startswith(_VCF_START) else None
     return None
 
 
-def _readable_header(header: bytes, samples: list[str]) -> tuple[bool, set[str]]:
-    """Whether the text parser may read the records after ``header``, and the contigs it declares.
+def _readable_header(header: bytes, samples: list[str]) -> bool:
+    """Whether the text parser may read the records after ``header``.
 
-    The ``#CHROM`` line must name ``samples`` as cyvcf2 read them, and GT must not be declared
-    other than a String (htslib refuses that; cyvcf2 then says so).
+    The ``#CHROM`` line must name ``samples`` as cyvcf2 read them, and a FORMAT GT must not be
+    declared other than a String (htslib then refuses every record; cyvcf2 says so).
     """
-    lines = header.decode("utf-8", "replace").splitlines()
-    gt = [line for line in lines if line.startswith("##FORMAT=<ID=GT,")]
-    if lines[-1].split("\t")[9:] != samples or any("Type=String" not in line for line in gt):
-        return False, set()
-    return True, {m.group(1) for m in map(_CONTIG_LINE.match, lines) if m}
+    lines = header.decode("utf-8", "replace").split("\n")[:-1]  # (htslib splits at line feeds only)
+    for line in lines:
+        if line.startswith("##FORMAT=<"):
+            attributes: dict[str, str] = {}
+            for key, value in _ATTRIBUTE.findall(line[len("##FORMAT=<") :]):
+                attributes.setdefault(key, value)  # the first, as htslib reads them
+            if attributes.get("ID") == "GT" and attributes.get("Type") != "String":
+                return False
+    return lines[-1].split("\t")[9:] == samples
 
 
 class TextRecords:
@@ -130,7 +136,7 @@ class TextRecords:
         self._n_samples = len(samples)
         self._pieces = inflated(path)
         split = split_header(self._pieces)
-        self.supported, self._contigs = _readable_header(split[0], samples) if split else (False, set())
+        self.supported = _readable_header(split[0], samples) if split else False
         self._set_text(split[1] if split and self.supported else b"")
 
     def _set_text(self, text: bytes) -> None:
@@ -201,7 +207,9 @@ class TextRecords:
             fields = b"\t".join(heads[:n]).decode("utf-8").split("\t")
         except UnicodeDecodeError:  # the records before the first that is not UTF-8 (cyvcf2 reads that one)
             n = next(i for i, head in enumerate(heads[:n]) if not _is_utf8(head))
-            fields = b"\t".join(heads[:n]).decode("utf-8").split("\t") if n else []
+            if n == 0:
+                return 0
+            fields = b"\t".join(heads[:n]).decode("utf-8").split("\t")
         contigs, positions, ids, refs, alt_text = (fields[k::8] for k in range(5))
         alts = list(map(str.split, alt_text, itertools.repeat(",")))
         if not self._plain_columns(contigs, positions, ids, refs, alts):  # rarely: find the first that is not
@@ -225,7 +233,7 @@ class TextRecords:
         self, contigs: list[str], positions: list[str], ids: list[str], refs: list[str], alts: list[list[str]]
     ) -> bool:
         """Whether records' columns read as cyvcf2 reads them: no empty column or ALT, positions of
-        at most 18 digits, and contigs declared in the header or named as htslib accepts undeclared."""
+        at most 18 digits, and contig names as the VCF spec allows."""
         digits = "".join(positions)
         if (
             any("" in column for column in (contigs, positions, ids, refs))
@@ -234,7 +242,7 @@ class TextRecords:
             or any(map(list.__contains__, alts, itertools.repeat("")))  # htslib reads an empty ALT as "."
         ):
             return False
-        return all(_CONTIG_NAME.fullmatch(c) for c in set(contigs) - self._contigs)
+        return all(_CONTIG_NAME.fullmatch(c) for c in set(contigs))
 
 
 def _is_utf8(data: bytes) -> bool:
