@@ -219,6 +219,12 @@ def test_text_path_hands_the_filter_what_cyvcf2_does(tmp_path, monkeypatch, line
         "1\t123456789012345678901\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # past 2^63
         "chr,3\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # a contig name htslib refuses
         "chrUn_x\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # undeclared, and a valid name
+        # FILTER or INFO keys that htslib cannot declare (it refuses the record), and some it can
+        "1\t25\t.\tA\tG\t.\ta,b\t.\tGT\t0|1\t1|0",
+        "1\t25\t.\tA\tG\t.\tq10;a>b\t.\tGT\t0|1\t1|0",
+        "1\t25\t.\tA\tG\t.\tPASS\ta<b=1\tGT\t0|1\t1|0",
+        "1\t25\t.\tA\tG\t.\tPASS\tAF=0.5,0.2;k,x\tGT\t0|1\t1|0",
+        "1\t25\t.\tA\tG\t.\ta b;a-b\tAF=0.5,0.2;a b=1;1000G;=5;\"a\"=1\tGT\t0|1\t1|0",
         "1\t+25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "#1\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "1\t25\tid\u00e9\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # not ASCII (UTF-8 here)

@@ -12,13 +12,13 @@ split out of the text before the calls with C-level string operations.
 
 Any other record (another FORMAT, another ploidy, a multi-digit allele, a line with more or fewer
 columns, a NUL byte, CRLF line ends, an empty ALT, a position past 18 digits, a contig name the
-VCF spec does not allow, text that is not UTF-8) and any other file (a header that does not
-list the samples cyvcf2 read or declares GT other than a String, BCF) is *unsupported*: the
-parser stops before that record, and the caller reads the rest of the file with cyvcf2 from that
-record on, so every input gets the same sites and the same errors as before. Tested against
-cyvcf2's own reading on generated files with each of these cases. One difference is left:
-QUAL, FILTER and INFO, which a build does not use, are not parsed, so a record that htslib
-refuses only for them (a FILTER or INFO key with a comma) is read.
+VCF spec does not allow, a FILTER or INFO key that htslib cannot declare, text that is not UTF-8)
+and any other file (a header that does not list the samples cyvcf2 read or declares GT other
+than a String, BCF) is *unsupported*: the parser stops before that record, and the caller reads
+the rest of the file with cyvcf2 from that record on, so every input gets the same sites and
+the same errors as before. Tested against cyvcf2's own reading on generated files with each of
+these cases. QUAL and the INFO values, which a build does not use, are not parsed: htslib does
+not refuse a record for them either (it warns).
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ _ATTRIBUTE = re.compile(r'([A-Za-z_][0-9A-Za-z_.]*)=("(?:[^"\\]|\\.)*"|[^,>]*)')
 # A contig name as the VCF spec (4.3, 1.4.7) allows: htslib takes a record on such a contig with or
 # without a header line for it (it refuses some others, "chr,1"; those are left to cyvcf2).
 _CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*")
+# A FILTER, or an INFO key (the text before "=" in each ";"-separated item), with a character that
+# breaks the header line htslib writes for an undeclared one: htslib refuses the record.
+_UNDECLARABLE = re.compile(r"[,<>]")
+_UNDECLARABLE_KEY = re.compile(r"(?:^|[;\t])[^=;\t]*[,<>]")
 _POS_DIGITS = 18  # a position of more digits is left to cyvcf2 (which refuses one past 2^62)
 
 
@@ -210,16 +214,11 @@ class TextRecords:
             if n == 0:
                 return 0
             fields = b"\t".join(heads[:n]).decode("utf-8").split("\t")
-        contigs, positions, ids, refs, alt_text = (fields[k::8] for k in range(5))
+        contigs, positions, ids, refs, alt_text, _, filters, infos = (fields[k::8] for k in range(8))
         alts = list(map(str.split, alt_text, itertools.repeat(",")))
-        if not self._plain_columns(contigs, positions, ids, refs, alts):  # rarely: find the first that is not
-            n = next(
-                i
-                for i in range(n)
-                if not self._plain_columns(
-                    contigs[i : i + 1], positions[i : i + 1], ids[i : i + 1], refs[i : i + 1], alts[i : i + 1]
-                )
-            )
+        columns = (contigs, positions, ids, refs, alts, filters, infos)
+        if not _plain_columns(*columns):  # rarely: the records before the first that is not
+            n = next(i for i in range(n) if not _plain_columns(*(c[i : i + 1] for c in columns)))
             contigs, positions, ids, refs, alts = contigs[:n], positions[:n], ids[:n], refs[:n], alts[:n]
         if ["."] in alts:  # no ALT allele: an empty list, as cyvcf2 gives
             alts = [[] if a == ["."] else a for a in alts]
@@ -229,20 +228,26 @@ class TextRecords:
         self._line += n
         return n
 
-    def _plain_columns(
-        self, contigs: list[str], positions: list[str], ids: list[str], refs: list[str], alts: list[list[str]]
-    ) -> bool:
-        """Whether records' columns read as cyvcf2 reads them: no empty column or ALT, positions of
-        at most 18 digits, and contig names as the VCF spec allows."""
-        digits = "".join(positions)
-        if (
-            any("" in column for column in (contigs, positions, ids, refs))
-            or not (digits.isdecimal() and digits.isascii())
-            or max(map(len, positions), default=0) > _POS_DIGITS
-            or any(map(list.__contains__, alts, itertools.repeat("")))  # htslib reads an empty ALT as "."
-        ):
-            return False
-        return all(_CONTIG_NAME.fullmatch(c) for c in set(contigs))
+
+def _plain_columns(*columns: list[Any]) -> bool:
+    """Whether records' columns read as cyvcf2 reads them.
+
+    No empty column or ALT, positions of at most 18 digits, contig names as the VCF spec allows,
+    and no FILTER or INFO key with a character that htslib cannot declare (it refuses the record).
+    ``columns``: CHROM, POS, ID, REF, the ALT lists, FILTER and INFO of the records.
+    """
+    contigs, positions, ids, refs, alts, filters, infos = columns
+    digits = "".join(positions)
+    if (
+        any("" in column for column in (contigs, positions, ids, refs))
+        or not (digits.isdecimal() and digits.isascii())
+        or max(map(len, positions), default=0) > _POS_DIGITS
+        or any(map(list.__contains__, alts, itertools.repeat("")))  # htslib reads an empty ALT as "."
+        or _UNDECLARABLE.search("\t".join(set(filters)))
+        or _UNDECLARABLE_KEY.search("\t".join(infos))
+    ):
+        return False
+    return all(_CONTIG_NAME.fullmatch(c) for c in set(contigs))
 
 
 def _is_utf8(data: bytes) -> bool:
