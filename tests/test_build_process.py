@@ -124,3 +124,25 @@ def test_vcf_build_memory_is_bounded(tmp_path):
     # 4x the sites add 36 MB of alleles (as uint8) but not to the peak: less than 10 MB apart (the
     # smaller build's peak varies by a few MB with how its fewer commits overlap the reading)
     assert alleles.nbytes > bound and grew[24_000] - grew[6_000] < 10e6, grew
+
+
+def test_room_made_for_announced_records_is_trimmed(tmp_path, sim_arrays):
+    """The arrays are made with room for the records a source announces (no resize while building):
+    an announcement too large, too small or absent gives the same store, trimmed to the sites."""
+    import zarr
+
+    alleles, positions = sim_arrays
+    alleles, positions = alleles[:, :3000], positions[:3000]
+    stores = []
+    for announced in (None, 10, 3000, 100_000):
+        source = vs.ArraySource(alleles, positions)
+        source.expected_records = lambda n=announced: n  # type: ignore[method-assign]
+        out = tmp_path / f"s{announced}"
+        stores.append(vs.build_store(source, out, progress=False, chunk_sites=512))
+        root = zarr.open_group(str(out), mode="r")
+        assert root["alleles"].shape == (alleles.shape[0], 3000 // 8)
+        assert all(root[f"sites/{name}"].shape == (3000,) for name in ("position", "af", "id", "ref", "alt"))
+    for store in stores[1:]:
+        np.testing.assert_array_equal(store.read_alleles(0, 3000), stores[0].read_alleles(0, 3000))
+        for name, column in stores[0].site_table().items():
+            np.testing.assert_array_equal(store.site_table()[name], column)

@@ -47,7 +47,7 @@ _CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@
 # A FILTER, or an INFO key (the text before "=" in each ";"-separated item), with a character that
 # breaks the header line htslib writes for an undeclared one: htslib refuses the record.
 _UNDECLARABLE = re.compile(r"[,<>]")
-_UNDECLARABLE_KEY = re.compile(r"(?:^|[;\t])[^=;\t]*[,<>]")
+_UNDECLARABLE_KEY = re.compile(r"[;\t][^=;\t]*[,<>]")  # (each INFO after a tab: a class to scan for)
 _POS_DIGITS = 18  # a position of more digits is left to cyvcf2 (which refuses one past 2^62)
 
 
@@ -238,13 +238,14 @@ def _plain_columns(*columns: list[Any]) -> bool:
     """
     contigs, positions, ids, refs, alts, filters, infos = columns
     digits = "".join(positions)
+    info = "\t" + "\t".join(infos)
     if (
         any("" in column for column in (contigs, positions, ids, refs))
         or not (digits.isdecimal() and digits.isascii())
         or max(map(len, positions), default=0) > _POS_DIGITS
         or any(map(list.__contains__, alts, itertools.repeat("")))  # htslib reads an empty ALT as "."
         or _UNDECLARABLE.search("\t".join(set(filters)))
-        or _UNDECLARABLE_KEY.search("\t".join(infos))
+        or (any(c in info for c in ",<>") and _UNDECLARABLE_KEY.search(info))
     ):
         return False
     return all(_CONTIG_NAME.fullmatch(c) for c in set(contigs))

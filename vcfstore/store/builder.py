@@ -349,7 +349,7 @@ class _Writer:
             raise StoreError(f"{out} exists and is not a vcfstore store; refusing to write into it")
         created = not out.exists()
         try:
-            return cls._create(out, source, described, params, identity, annotations)
+            return cls._create(out, source, described, params, identity, annotations, source.expected_records())
         except OSError:
             # Stopped before the progress record existed: nothing here can be resumed, and a
             # leftover group would make the rerun refuse the directory as foreign.
@@ -372,11 +372,15 @@ class _Writer:
         params: dict,
         identity: str,
         annotations: SampleAnnotations | None,
+        expected_records: int | None,
     ) -> _Writer:
         import zarr
         from zarr.codecs import ZstdCodec
 
         n_hap = 2 * len(source.samples)
+        # Room for the sites the input's index announces, made with the arrays (each resize while
+        # building rewrites every array's metadata); the room left over goes at the end.
+        room = -(-(expected_records or 0) // params["chunk_sites"]) * params["chunk_sites"]
         root = zarr.open_group(str(out), mode="w")
         zstd = [ZstdCodec(level=params["zstd_level"])]
         light = [ZstdCodec(level=3)]  # per-site columns are small; a high level only slows appends
@@ -388,7 +392,7 @@ class _Writer:
         inner = inner_chunk_rows(n_hap, params["haplotype_chunk"])
         root.create_array(
             "alleles",
-            shape=(n_hap, 0),
+            shape=(n_hap, room // 8),
             dtype="uint8",
             compressors=zstd,
             chunks=(inner, params["chunk_sites"] // 8),
@@ -397,9 +401,9 @@ class _Writer:
         )
         sites = root.require_group("sites")
         for name, dtype in (("position", "int64"), ("contig", "int16"), ("af", "float32")):
-            sites.create_array(name, shape=(0,), dtype=dtype, chunks=site_chunk, compressors=light)
+            sites.create_array(name, shape=(room,), dtype=dtype, chunks=site_chunk, compressors=light)
         for name in ("id", "ref", "alt"):
-            sites.create_array(name, shape=(0,), dtype=str, chunks=site_chunk, compressors=light)
+            sites.create_array(name, shape=(room,), dtype=str, chunks=site_chunk, compressors=light)
         samples = root.create_array("samples", shape=(len(source.samples),), dtype=str, compressors=light)
         samples[:] = np.asarray(source.samples, dtype=str)
         if annotations is not None:
@@ -409,7 +413,7 @@ class _Writer:
             groups = annotations.groups
             root.create_array(
                 "frequencies",
-                shape=(4, len(groups), 0),
+                shape=(4, len(groups), room),
                 dtype="float32",
                 chunks=(4, len(groups), params["chunk_sites"]),
                 compressors=light,
@@ -429,7 +433,9 @@ class _Writer:
             meta["annotations"] = {"source": annotations.source, "groups": annotations.groups}
         state: dict[str, Any] = {"sites": 0, "runs": [], "counts": {}}
         root.attrs.update({ATTR_KEY: meta, PROGRESS_KEY: state})
-        return cls(out, root, meta, state, annotations)
+        writer = cls(out, root, meta, state, annotations)
+        writer.capacity = room
+        return writer
 
     def _truncate(self) -> None:
         """Cut every array back to the committed sites (a killed build may have written more)."""
