@@ -135,7 +135,6 @@ class TextRecords:
     """
 
     def __init__(self, path: Path, samples: list[str]) -> None:
-        self.path = path
         self.records = 0
         self._n_samples = len(samples)
         self._pieces = inflated(path)

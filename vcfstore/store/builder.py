@@ -251,10 +251,11 @@ def build_store(
         # One writer at a time: a lock file beside the store (zarr's mode="w" clears the directory).
         lock = WriterLock(out.parent / f".{out.name}.lock", f"building from {described['name']}", StoreError)
         with lock, _EVERY_CHUNK.held():
-            writer = _Writer.open(out, source, described, params, force, annotations)
+            expected = source.expected_records()  # (an index read: once, for the arrays' room and the progress bar)
+            writer = _Writer.open(out, source, described, params, force, annotations, expected)
             source.filter.info_af = af.label == "info"  # else the input's INFO/AF need not even be read
             try:
-                report = writer.run(source, block_sites, progress)
+                report = writer.run(source, block_sites, progress, expected)
                 supplied_af = af.values
                 if af.table is not None:
                     supplied_af = af.table.for_sites(writer.site_columns(), writer.runs)
@@ -324,6 +325,7 @@ class _Writer:
         params: dict,
         force: bool,
         annotations: SampleAnnotations | None,
+        expected_records: int | None,
     ) -> _Writer:
         import zarr
 
@@ -349,7 +351,7 @@ class _Writer:
             raise StoreError(f"{out} exists and is not a vcfstore store; refusing to write into it")
         created = not out.exists()
         try:
-            return cls._create(out, source, described, params, identity, annotations, source.expected_records())
+            return cls._create(out, source, described, params, identity, annotations, expected_records)
         except OSError:
             # Stopped before the progress record existed: nothing here can be resumed, and a
             # leftover group would make the rerun refuse the directory as foreign.
@@ -458,7 +460,7 @@ class _Writer:
             grown = max(n_sites, 2 * self.capacity)
             self._resize(-(-grown // self.chunk_sites) * self.chunk_sites)
 
-    def run(self, source: SiteSource, block_sites: int, progress: bool) -> Counter[str]:
+    def run(self, source: SiteSource, block_sites: int, progress: bool, expected_records: int | None) -> Counter[str]:
         """Stream the source into the store, skipping sites already committed."""
         from tqdm.auto import tqdm
 
@@ -466,7 +468,7 @@ class _Writer:
         n_hap = self.meta["n_haplotypes"]
         pending = _Pending(self.chunk_sites * commit_chunks(n_hap, self.chunk_sites), n_hap)
         bar = tqdm(
-            total=source.expected_records(),
+            total=expected_records,
             unit=" records",
             disable=not progress,
             desc=f"building {self.out.name}",
