@@ -224,7 +224,7 @@ def test_text_path_hands_the_filter_what_cyvcf2_does(tmp_path, monkeypatch, line
         "1\t25\t.\tA\tG\t.\tq10;a>b\t.\tGT\t0|1\t1|0",
         "1\t25\t.\tA\tG\t.\tPASS\ta<b=1\tGT\t0|1\t1|0",
         "1\t25\t.\tA\tG\t.\tPASS\tAF=0.5,0.2;k,x\tGT\t0|1\t1|0",
-        "1\t25\t.\tA\tG\t.\ta b;a-b\tAF=0.5,0.2;a b=1;1000G;=5;\"a\"=1\tGT\t0|1\t1|0",
+        '1\t25\t.\tA\tG\t.\ta b;a-b\tAF=0.5,0.2;a b=1;1000G;=5;"a"=1\tGT\t0|1\t1|0',
         "1\t+25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "#1\t25\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",
         "1\t25\tid\u00e9\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0",  # not ASCII (UTF-8 here)
@@ -316,21 +316,3 @@ def test_header_declarations(tmp_path, monkeypatch, header_line, read):
         records[1] = records[1].replace("chr<", "1")
     lines = [HEADER[0], header_line + "\n", *HEADER[1:], "\t".join(columns) + "\n", *records]
     assert _assert_same(_write(tmp_path / "h.vcf", lines, "plain"), monkeypatch) == read
-
-
-def test_gzip_cut_at_a_flush_point_is_refused(tmp_path):
-    """A gzip stream cut right after a full flush that ends a line inflates cleanly up to the cut:
-    only the missing end of the stream tells, and the text path refuses it (never a shorter panel)."""
-    import zlib
-
-    rng = np.random.default_rng(4)
-    # large enough that htslib reads the header before meeting the cut (then only the text path can tell)
-    path = vcf_from_arrays(tmp_path / "p.vcf.gz", rng.integers(0, 2, (40, 20000), dtype=np.uint8), np.arange(1, 20001))
-    text = gzip.decompress(path.read_bytes())
-    cut_at = text.index(b"\n", len(text) // 2) + 1
-    deflate = zlib.compressobj(wbits=31)
-    cut = tmp_path / "cut.vcf.gz"
-    cut.write_bytes(deflate.compress(text[:cut_at]) + deflate.flush(zlib.Z_FULL_FLUSH))
-    with pytest.raises(vs.InputError, match="truncated or corrupt"):
-        vs.build_store(vs.VcfSource(cut), tmp_path / "out", progress=False)
-    assert not (tmp_path / "out").exists()
